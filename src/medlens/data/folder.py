@@ -1,0 +1,333 @@
+"""Image-folder and zip-archive datasets, decoded once into uint8 arrays (and cached).
+
+Layouts understood, in a directory or a ``.zip`` (single wrapping folders are descended):
+
+    ROOT/<class>/<image>                       no split: medlens makes one
+    ROOT/{train,val,test}/<class>/<image>      any of the three present (train required)
+
+Files are listed in sorted order, so the same folder gives the same arrays and splits on every
+machine. Every file is decoded and resized once; the decoded arrays are cached under
+``cache_root()/folders`` keyed by the listing (names, sizes, times), the size and channel choice.
+Unreadable files are all reported by name in one error, or skipped and listed with ``skip_bad``.
+
+Example:
+    >>> from medlens.data.folder import load_folder  # doctest: +SKIP
+    >>> data = load_folder("../shared/data/covid19", size=64)  # doctest: +SKIP
+    >>> data.class_names, sorted(data.split_of)  # doctest: +SKIP
+    (('Covid', 'Normal', 'Viral Pneumonia'), ['test', 'train'])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from medlens.data.download import cache_root
+from medlens.data.readers import SUPPORTED_SUFFIXES, UnreadableImage, file_suffix, read_image
+
+SPLIT_FOLDERS = ("train", "val", "test")
+CACHE_VERSION = 1
+_IGNORED_NAMES = {"thumbs.db", "desktop.ini", ".ds_store"}
+_PARALLEL_MIN_FILES = 2000  # below this, process start-up costs more than it saves
+_CHUNK = 1000
+
+
+@dataclass
+class FolderData:
+    """Decoded contents of a folder or archive.
+
+    Attributes:
+        images: uint8 ``(N, C, H, W)`` or ``(N, C, D, H, W)``.
+        labels: int64 ``(N,)`` class ids, indices into ``class_names``.
+        ids: ``(N,)`` relative file paths (posix), the identity of each image.
+        split_of: ``{split: int array of row indices}`` for pre-split layouts; empty otherwise.
+        class_names: sorted class folder names.
+        bad_files: ``[(relative path, reason)]`` skipped with ``skip_bad``.
+        fingerprint: hex digest of the listing and options (also the cache key).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+    split_of: dict[str, np.ndarray]
+    class_names: tuple[str, ...]
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
+    fingerprint: str = ""
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.images.ndim - 2
+
+
+class _Tree:
+    """A directory or a zip archive seen as relative posix paths -> (size, mtime) and bytes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.is_zip = path.is_file()
+        if self.is_zip:
+            if not zipfile.is_zipfile(path):
+                raise ValueError(
+                    f"folder:{path} is a file but not a .zip archive; give a directory of class "
+                    "folders or a .zip of one"
+                )
+            with zipfile.ZipFile(path) as archive:
+                self.entries = {
+                    info.filename.rstrip("/"): (info.file_size, info.date_time)
+                    for info in archive.infolist()
+                    if not info.is_dir()
+                }
+        else:
+            self.entries = {}
+            for dirpath, dirnames, filenames in os.walk(path):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for name in filenames:
+                    full = Path(dirpath, name)
+                    stat = full.stat()
+                    self.entries[full.relative_to(path).as_posix()] = (stat.st_size, stat.st_mtime_ns)
+
+    def read(self, name: str) -> bytes:
+        if self.is_zip:
+            with zipfile.ZipFile(self.path) as archive:
+                return archive.read(name)
+        return (self.path / name).read_bytes()
+
+
+def _visible(rel: str) -> bool:
+    parts = PurePosixPath(rel).parts
+    return not any(p.startswith(".") or p == "__MACOSX" for p in parts) and parts[-1].lower() not in _IGNORED_NAMES
+
+
+def _subfolders(names: list[str], prefix: str) -> list[str]:
+    """Immediate sub-folder names under ``prefix`` (``""`` for the top)."""
+    found = set()
+    for name in names:
+        if name.startswith(prefix):
+            rest = name[len(prefix):].split("/")
+            if len(rest) > 1:
+                found.add(rest[0])
+    return sorted(found)
+
+
+def _layout(names: list[str], where: str) -> tuple[str, dict[str, str]]:
+    """Find the dataset root inside the tree: returns (prefix, {split or "": prefix of classes})."""
+    prefix = ""
+    while True:  # descend single wrapping folders (``medical_mnist/`` inside the zip)
+        subs = _subfolders(names, prefix)
+        top_files = [n for n in names if n.startswith(prefix) and "/" not in n[len(prefix):]]
+        has_images = any(file_suffix(n) in SUPPORTED_SUFFIXES for n in top_files)
+        if len(subs) == 1 and not has_images and subs[0].lower() not in SPLIT_FOLDERS:
+            prefix = f"{prefix}{subs[0]}/"
+            continue
+        break
+    lower = {s.lower(): s for s in subs}
+    if "train" in lower:
+        return prefix, {s: f"{prefix}{lower[s]}/" for s in SPLIT_FOLDERS if s in lower}
+    if any(s in lower for s in ("val", "test")):
+        raise ValueError(f"{where} has {', '.join(subs)} folders but no train/ folder")
+    return prefix, {"": prefix}
+
+
+def _list_images(tree: _Tree, where: str) -> tuple[list[str], list[int], list[str], tuple[str, ...]]:
+    """Walk the layout: (files, class ids, split tags, class names); files sorted."""
+    names = sorted(n for n in tree.entries if _visible(n))
+    _, splits = _layout(names, where)
+    per_split: dict[str, dict[str, list[str]]] = {}
+    for split, prefix in splits.items():
+        classes = _subfolders(names, prefix)
+        per_split[split] = {
+            cls: [n for n in names if n.startswith(f"{prefix}{cls}/")] for cls in classes
+        }
+    class_names = tuple(sorted({c for classes in per_split.values() for c, f in classes.items() if f}))
+    if not class_names:
+        raise ValueError(
+            f"no images found in {where}; expected class folders such as {where}/<class>/image.png "
+            f"or {where}/train/<class>/image.png, with files of type {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    if len(class_names) == 1:
+        raise ValueError(
+            f"only one class ({class_names[0]!r}) found in {where}; a classifier needs at least "
+            "two class folders"
+        )
+    files, labels, tags = [], [], []
+    for split, classes in per_split.items():
+        for cls, members in classes.items():
+            for name in members:
+                files.append(name)
+                labels.append(class_names.index(cls))
+                tags.append(split)
+    return files, labels, tags, class_names
+
+
+def _decode_chunk(args: tuple[str, bool, list[str], int | None]) -> list[tuple[object, str | None, int]]:
+    """Worker: decode ``names`` from the tree at ``path``; (pixels or None, error, dims) each."""
+    path, is_zip, names, size = args
+    out = []
+    archive = zipfile.ZipFile(path) if is_zip else None
+    try:
+        for name in names:
+            try:
+                data = archive.read(name) if archive else Path(path, name).read_bytes()
+                decoded = read_image(data, name, size=size)
+                out.append((decoded.pixels, None, decoded.spatial_dims))
+            except (UnreadableImage, OSError) as exc:
+                out.append((None, str(exc) or type(exc).__name__, 0))
+    finally:
+        if archive:
+            archive.close()
+    return out
+
+
+def _decode_all(tree: _Tree, names: list[str], size: int | None, workers: int):
+    chunks = [(str(tree.path), tree.is_zip, names[i:i + _CHUNK], size) for i in range(0, len(names), _CHUNK)]
+    if workers > 1 and len(names) >= _PARALLEL_MIN_FILES:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            results = list(pool.map(_decode_chunk, chunks))
+    else:
+        results = [_decode_chunk(c) for c in chunks]
+    return [item for chunk in results for item in chunk]
+
+
+def _stack(pixels: list[np.ndarray], channels: int, spatial_dims: int) -> np.ndarray:
+    """Stack decoded images into ``(N, C, ...)`` with the dataset's channel count."""
+    first = pixels[0]
+    spatial = first.shape[:2] if (spatial_dims == 2) else first.shape
+    out = np.empty((len(pixels), channels, *spatial), dtype=np.uint8)
+    for i, px in enumerate(pixels):
+        if spatial_dims == 2 and px.ndim == 3:  # colour (H, W, 3)
+            out[i] = px.transpose(2, 0, 1) if channels == 3 else _luma(px)
+        else:
+            out[i] = px  # gray broadcasts over C
+    return out
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma of uint8 ``(H, W, 3)`` (what Pillow's ``convert('L')`` computes)."""
+    return (rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)).round().astype(np.uint8)
+
+
+def load_folder(
+    path: str | os.PathLike,
+    *,
+    size: int | None = 64,
+    channels: int | None = None,
+    skip_bad: bool = False,
+    workers: int | None = None,
+    use_cache: bool = True,
+) -> FolderData:
+    """Decode an image folder or zip archive into arrays.
+
+    Args:
+        path: a directory or a ``.zip`` in one of the layouts in the module docstring.
+        size: edge length every image is resized to (``None``: keep native sizes, which must
+            then agree). Default 64.
+        channels: 1 or 3 to force; ``None`` decides once for the dataset: 3 if any image has
+            colour, else 1.
+        skip_bad: skip unreadable files (listed in ``bad_files``) instead of raising.
+        workers: decoding processes; default: all cores.
+        use_cache: read / write the decoded arrays under ``cache_root()/folders``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: not a directory or zip, no images, one class, unreadable files (all named),
+            2D and 3D files mixed, bad ``size`` / ``channels``.
+    """
+    path = Path(path).expanduser()
+    where = f"folder:{path}"
+    if not path.exists():
+        raise FileNotFoundError(f"{where} does not exist")
+    if size is not None and (not isinstance(size, int) or size < 2):
+        raise ValueError(f"size must be an integer of at least 2 pixels, got {size!r}")
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1 or 3 (or unset to decide from the images), got {channels!r}")
+    tree = _Tree(path)
+    files, labels, tags, class_names = _list_images(tree, where)
+    key = hashlib.sha256(
+        json.dumps([CACHE_VERSION, str(path.resolve()), size, channels, skip_bad,
+                    [(f, tree.entries[f]) for f in files]], default=str).encode()
+    ).hexdigest()[:24]
+    cache_dir = cache_root() / "folders" / key
+    if use_cache and (cache_dir / "meta.json").exists():
+        return _load_cached(cache_dir, key)
+
+    decoded = _decode_all(tree, files, size, workers or os.cpu_count() or 1)
+    bad = [(f, err) for f, (_, err, _) in zip(files, decoded) if err is not None]
+    if bad and not skip_bad:
+        listed = "; ".join(f"{name} ({reason})" for name, reason in bad)
+        raise ValueError(
+            f"{len(bad)} unreadable file(s) in {where}: {listed}. Fix or remove them, or pass "
+            "--skip-bad (skip_bad=True) to leave them out and list them"
+        )
+    keep = [i for i, (_, err, _) in enumerate(decoded) if err is None]
+    if not keep:
+        raise ValueError(f"no readable images in {where}")
+    dims = {decoded[i][2] for i in keep}
+    if len(dims) > 1:
+        raise ValueError(f"{where} mixes 2D images and 3D volumes; use one kind per dataset")
+    spatial_dims = dims.pop()
+    pixels = [decoded[i][0] for i in keep]
+    shapes = {p.shape[:2] if spatial_dims == 2 else p.shape for p in pixels}
+    if len(shapes) > 1:
+        raise ValueError(f"images in {where} have different sizes {sorted(shapes)[:4]}; pass a size to resize them")
+    if channels is None:
+        channels = 3 if any(p.ndim == 3 and spatial_dims == 2 for p in pixels) else 1
+    images = _stack(pixels, channels, spatial_dims)
+    del pixels, decoded
+    tag_arr = np.asarray(tags)[keep]
+    split_of = {s: np.flatnonzero(tag_arr == s) for s in SPLIT_FOLDERS if (tag_arr == s).any()}
+    data = FolderData(
+        images=images,
+        labels=np.asarray(labels, dtype=np.int64)[keep],
+        ids=np.asarray(files)[keep],
+        split_of=split_of,
+        class_names=class_names,
+        bad_files=bad,
+        fingerprint=key,
+    )
+    if use_cache:
+        _save_cached(cache_dir, data)
+    return data
+
+
+def _save_cached(cache_dir: Path, data: FolderData) -> None:
+    """Write to a temporary folder and rename it, so a cache entry is whole or absent."""
+    tmp = cache_dir.with_name(cache_dir.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    np.save(tmp / "images.npy", data.images)
+    np.save(tmp / "labels.npy", data.labels)
+    np.save(tmp / "ids.npy", data.ids)
+    meta = {
+        "class_names": list(data.class_names),
+        "split_of": {s: idx.tolist() for s, idx in data.split_of.items()},
+        "bad_files": data.bad_files,
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    try:
+        os.replace(tmp, cache_dir)
+    except OSError:  # another process cached it first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_cached(cache_dir: Path, key: str) -> FolderData:
+    meta = json.loads((cache_dir / "meta.json").read_text())
+    return FolderData(
+        images=np.load(cache_dir / "images.npy", mmap_mode="r"),
+        labels=np.load(cache_dir / "labels.npy"),
+        ids=np.load(cache_dir / "ids.npy"),
+        split_of={s: np.asarray(v, dtype=np.int64) for s, v in meta["split_of"].items()},
+        class_names=tuple(meta["class_names"]),
+        bad_files=[tuple(b) for b in meta["bad_files"]],
+        fingerprint=key,
+    )

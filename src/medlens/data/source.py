@@ -1,0 +1,380 @@
+"""``resolve(spec)``: one entry point from a dataset spec string to train/val/test arrays.
+
+Specs (source prefix as in timm's ``create_dataset``):
+
+    breastmnist          MedMNIST dataset at 28 px, from the data root (downloaded if missing)
+    breastmnist@64       ... at 64 px (2D: 28/64/128/224, 3D: 28/64)
+    folder:PATH          a directory or .zip of class folders, optionally under train/val/test
+    folder:PATH@128      ... resized to 128 px (default 64)
+    npz:FILE.npz         a local file in the MedMNIST layout
+
+Example:
+    >>> from medlens.data import resolve  # doctest: +SKIP
+    >>> source = resolve("breastmnist", root="../shared/data/medmnist")  # doctest: +SKIP
+    >>> source.splits["train"].images.shape  # doctest: +SKIP
+    (546, 1, 28, 28)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medlens.data.download import cache_root, data_root, download, md5sum
+from medlens.data.registry import SPLITS, DatasetInfo, Task, get_dataset_info, list_datasets
+from medlens.data.splits import DEFAULT_RATIOS, carve_validation, duplicate_groups, parse_ratios, stratified_split
+
+DEFAULT_FOLDER_SIZE = 64
+
+
+@dataclass
+class TensorSplit:
+    """One split held as arrays; batches are taken by index, never per-item file I/O.
+
+    Attributes:
+        images: uint8 ``(N, C, H, W)`` or ``(N, C, D, H, W)``; in RAM, memory-mapped, or a
+            strided view of the file's own layout (MedMNIST stores RGB as ``(N, H, W, 3)``).
+        labels: int64 ``(N,)`` class ids, or uint8 ``(N, K)`` 0/1 rows for multi-label tasks.
+        ids: ``(N,)`` strings naming each image (relative file path, or ``split/index``).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+
+    def __post_init__(self) -> None:
+        assert len(self.images) == len(self.labels) == len(self.ids), "split arrays disagree in length"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Contiguous copies of the rows ``index``: images ``(B, C, ...)`` uint8 and labels."""
+        index = np.asarray(index)
+        return np.ascontiguousarray(self.images[index]), self.labels[index]
+
+    def subset(self, index: np.ndarray) -> TensorSplit:
+        """A new split holding only the rows ``index`` (copied)."""
+        index = np.asarray(index)
+        return TensorSplit(np.ascontiguousarray(self.images[index]), self.labels[index], self.ids[index])
+
+    def class_counts(self, n_classes: int) -> np.ndarray:
+        """Images per class ``(n_classes,)``; for multi-label, positives per label."""
+        if self.labels.ndim == 2:
+            return self.labels.sum(axis=0).astype(np.int64)
+        return np.bincount(self.labels, minlength=n_classes)
+
+
+@dataclass
+class Source:
+    """A resolved dataset: its facts, its splits, and how the splits were made.
+
+    Attributes:
+        spec: the spec string as resolved (``"breastmnist@28"``).
+        info: the :class:`DatasetInfo` (built on the fly for folders and local ``.npz``).
+        size: edge length of the images in pixels.
+        splits: ``{"train": TensorSplit, "val": ..., "test": ...}``.
+        split_method: ``official``, ``folders``, ``folders+val``, or ``stratified``.
+        seed: seed used for any split medlens made.
+        ratios: (train, val, test) ratios used when medlens split the data.
+        fingerprint: hex digest identifying the data and the split.
+        bad_files: ``[(file, reason)]`` skipped with ``skip_bad``.
+        warnings: things a user should know (identical images in two splits).
+    """
+
+    spec: str
+    info: DatasetInfo
+    size: int
+    splits: dict[str, TensorSplit]
+    split_method: str
+    seed: int = 0
+    ratios: tuple[float, float, float] = DEFAULT_RATIOS
+    fingerprint: str = ""
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def class_counts(self) -> dict[str, np.ndarray]:
+        """``{split: counts per class}`` (positives per label for multi-label)."""
+        return {name: split.class_counts(self.info.n_classes) for name, split in self.splits.items()}
+
+    def save_splits(self, path: str | os.PathLike) -> Path:
+        """Write the split (ids per split, method, seed, ratios) as JSON; atomic rename.
+
+        Returns the path written. Reload with :func:`load_split_ids`.
+        """
+        path = Path(path)
+        record = {
+            "spec": self.spec,
+            "method": self.split_method,
+            "seed": self.seed,
+            "ratios": list(self.ratios),
+            "fingerprint": self.fingerprint,
+            "splits": {name: split.ids.tolist() for name, split in self.splits.items()},
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+        return path
+
+
+def load_split_ids(path: str | os.PathLike) -> dict[str, list[str]]:
+    """The ids per split from a file written by :meth:`Source.save_splits`."""
+    return json.loads(Path(path).read_text())["splits"]
+
+
+def parse_spec(spec: str) -> tuple[str, str, int | None]:
+    """``"folder:x.zip@128"`` -> ``("folder", "x.zip", 128)``; kind is medmnist/folder/npz."""
+    text = spec.strip()
+    kind = "medmnist"
+    for prefix in ("folder:", "npz:"):
+        if text.startswith(prefix):
+            kind, text = prefix[:-1], text[len(prefix):]
+    size = None
+    head, sep, tail = text.rpartition("@")
+    if sep and tail.isdigit():
+        text, size = head, int(tail)
+    elif sep and kind == "medmnist":
+        raise ValueError(f"bad size {tail!r} in dataset spec {spec!r}; write NAME@SIZE, e.g. breastmnist@64")
+    if not text:
+        raise ValueError(f"empty dataset spec {spec!r}; use a name ({', '.join(list_datasets()[:3])}, ...), folder:PATH or npz:FILE")
+    return kind, text, size
+
+
+def resolve(
+    spec: str,
+    *,
+    root: str | os.PathLike | None = None,
+    size: int | None = None,
+    download_missing: bool = True,
+    verify: bool = True,
+    seed: int = 0,
+    ratios: tuple[float, float, float] | str = DEFAULT_RATIOS,
+    channels: int | None = None,
+    skip_bad: bool = False,
+    mmap_threshold: int | None = None,
+) -> Source:
+    """Resolve a dataset spec into a :class:`Source` with train/val/test splits.
+
+    Args:
+        spec: see the module docstring.
+        root: data root for MedMNIST files (else ``$MEDLENS_DATA``, else ``~/.medlens/data``).
+        size: image edge in pixels; overrides nothing: must agree with an ``@SIZE`` in the spec.
+            MedMNIST default 28, folders default 64.
+        download_missing: download a missing MedMNIST file (else ``FileNotFoundError``).
+        verify: check a MedMNIST file's MD5 (once per file version; remembered in the cache).
+        seed: seed for splits medlens makes.
+        ratios: train/val/test ratios for sources without a split, e.g. ``"0.7/0.15/0.15"``.
+        channels: folders only: force 1 or 3 channels.
+        skip_bad: folders only: skip unreadable files and list them in ``bad_files``.
+        mmap_threshold: bytes above which MedMNIST arrays are memory-mapped (default 2 GiB).
+
+    Raises:
+        ValueError: unknown dataset (valid names listed), unavailable size, bad file contents.
+        FileNotFoundError: a missing path, or a missing file with downloading off.
+        DownloadError: a failed download or checksum mismatch.
+    """
+    kind, target, spec_size = parse_spec(spec)
+    if size is not None and spec_size is not None and size != spec_size:
+        raise ValueError(f"size {size} disagrees with the size in dataset spec {spec!r}")
+    size = size if size is not None else spec_size
+    ratios = parse_ratios(ratios)
+    if kind == "folder":
+        return _resolve_folder(target, size=size, seed=seed, ratios=ratios, channels=channels, skip_bad=skip_bad)
+    from medlens.data.npz import DEFAULT_MMAP_THRESHOLD
+
+    threshold = DEFAULT_MMAP_THRESHOLD if mmap_threshold is None else mmap_threshold
+    if kind == "npz":
+        path = Path(target).expanduser()
+        arrays = _load_arrays(path, threshold)
+        info = _npz_info(path, arrays)
+        return _medmnist_source(f"npz:{path}", info, arrays, size, fingerprint=md5sum(path))
+    info = get_dataset_info(target)
+    size = 28 if size is None else size
+    remote = info.file(size)
+    folder = data_root(root)
+    path = folder / remote.filename
+    if not path.exists():
+        if not download_missing:
+            raise FileNotFoundError(
+                f"{path} not found; run `medlens fetch {info.name} --size {size}` or download "
+                f"{remote.url} (MD5 {remote.md5}) into {folder}"
+            )
+        download(remote, folder)
+    elif verify:
+        _verify_md5(path, remote.md5, remote.url)
+    return _medmnist_source(f"{info.name}@{size}", info, _load_arrays(path, threshold), size, fingerprint=remote.md5)
+
+
+def _load_arrays(path: Path, threshold: int) -> dict[str, np.ndarray]:
+    from medlens.data.npz import load_npz_arrays
+
+    return load_npz_arrays(path, mmap_threshold=threshold)
+
+
+def _verify_md5(path: Path, expected: str, url: str) -> None:
+    """Check ``path`` against ``expected``; a stamp keyed by size and mtime avoids re-hashing."""
+    stat = path.stat()
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
+    stamp = cache_root() / "md5" / f"{key}.json"
+    mark = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "md5": expected}
+    try:
+        if json.loads(stamp.read_text()) == mark:
+            return
+    except (OSError, ValueError):
+        pass
+    actual = md5sum(path)
+    if actual != expected:
+        raise ValueError(
+            f"{path} has MD5 {actual}, expected {expected}: the file is damaged or not the official "
+            f"one; delete it to download again from {url}, or pass verify=False (--no-verify)"
+        )
+    try:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stamp.with_name(stamp.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(mark))
+        os.replace(tmp, stamp)
+    except OSError:
+        pass  # a read-only cache only costs a re-hash next time
+
+
+def _npz_info(path: Path, arrays: dict[str, np.ndarray]) -> DatasetInfo:
+    """Facts of a local MedMNIST-layout file: the registry's when the name matches, else inferred."""
+    stem = path.stem.split("_")[0].lower()
+    if stem in list_datasets():
+        return get_dataset_info(stem)
+    images, labels = arrays["train_images"], arrays["train_labels"]
+    labels2d = labels.reshape(len(labels), -1)
+    if labels2d.shape[1] > 1:
+        task, names = Task.MULTILABEL, tuple(f"label_{i}" for i in range(labels2d.shape[1]))
+    else:
+        all_labels = np.concatenate([arrays[f"{s}_labels"].reshape(-1) for s in SPLITS])
+        n_classes = int(all_labels.max()) + 1
+        task = Task.BINARY if n_classes == 2 else Task.MULTICLASS
+        names = tuple(str(i) for i in range(n_classes))
+    rgb = images.ndim == 4 and images.shape[-1] == 3
+    spatial_dims = 3 if images.ndim == 4 and not rgb else 2
+    return DatasetInfo(
+        name=path.stem, task=task, class_names=names, n_channels=3 if rgb else 1,
+        spatial_dims=spatial_dims, sizes=(images.shape[1],),
+        split_sizes={s: len(arrays[f"{s}_labels"]) for s in SPLITS}, source="npz",
+    )
+
+
+def _as_channels_first(images: np.ndarray, info: DatasetInfo, where: str) -> np.ndarray:
+    """MedMNIST layout -> ``(N, C, ...)`` view (no copy)."""
+    if info.spatial_dims == 2 and images.ndim == 3 and info.n_channels == 1:
+        return images[:, None]
+    if info.spatial_dims == 2 and images.ndim == 4 and images.shape[-1] == info.n_channels == 3:
+        return images.transpose(0, 3, 1, 2)
+    if info.spatial_dims == 3 and images.ndim == 4 and info.n_channels == 1:
+        return images[:, None]
+    expected = {2: "(N, H, W)" if info.n_channels == 1 else "(N, H, W, 3)", 3: "(N, D, H, W)"}[info.spatial_dims]
+    raise ValueError(f"{where}: images have shape {images.shape}; {info.name} expects {expected}")
+
+
+def _medmnist_source(spec: str, info: DatasetInfo, arrays: dict[str, np.ndarray], size: int | None,
+                     *, fingerprint: str) -> Source:
+    where = spec
+    splits = {}
+    for split in SPLITS:
+        images = _as_channels_first(arrays[f"{split}_images"], info, where)
+        edge = images.shape[2]
+        if size is not None and images.shape[2:] != (size,) * info.spatial_dims:
+            raise ValueError(
+                f"{where}: {split} images are {'x'.join(map(str, images.shape[2:]))}, not {size} px; "
+                f"the file does not hold the size asked for (available for {info.name}: "
+                f"{', '.join(map(str, info.sizes))})"
+            )
+        if images.dtype != np.uint8:
+            raise ValueError(f"{where}: {split} images have dtype {images.dtype}; MedMNIST files hold uint8")
+        labels = np.asarray(arrays[f"{split}_labels"])
+        if len(labels) != len(images):
+            raise ValueError(f"{where}: {len(images)} {split} images but {len(labels)} labels")
+        labels = _labels_for_task(labels, info, f"{where} {split}")
+        ids = np.char.add(f"{split}/", np.arange(len(labels)).astype(str))
+        splits[split] = TensorSplit(images, labels, ids)
+    return Source(spec=spec, info=info, size=size or edge, splits=splits, split_method="official",
+                  fingerprint=fingerprint)
+
+
+def _labels_for_task(labels: np.ndarray, info: DatasetInfo, where: str) -> np.ndarray:
+    """MedMNIST ``(N, 1)``/``(N, K)`` labels -> int64 ``(N,)`` or uint8 ``(N, K)``; range-checked."""
+    labels = labels.reshape(len(labels), -1)
+    if info.task is Task.MULTILABEL:
+        if labels.shape[1] != info.n_classes or not np.isin(labels, (0, 1)).all():
+            raise ValueError(f"{where}: multi-label rows must be 0/1 vectors of length {info.n_classes}, got shape {labels.shape}")
+        return labels.astype(np.uint8)
+    if labels.shape[1] != 1:
+        raise ValueError(f"{where}: expected one label per image, got shape {labels.shape}")
+    labels = labels[:, 0].astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= info.n_classes):
+        raise ValueError(f"{where}: label values {labels.min()}..{labels.max()} outside 0..{info.n_classes - 1}")
+    return labels
+
+
+def _resolve_folder(target: str, *, size, seed, ratios, channels, skip_bad) -> Source:
+    from medlens.data.folder import load_folder
+
+    size = DEFAULT_FOLDER_SIZE if size is None else size
+    data = load_folder(target, size=size, channels=channels, skip_bad=skip_bad)
+    groups = duplicate_groups(data.images)
+    rows, method = _folder_rows(data, ratios=ratios, seed=seed, groups=groups)
+    images = data.images
+    splits = {name: TensorSplit(images[idx], data.labels[idx], data.ids[idx]) for name, idx in rows.items()}
+    splits = {name: splits[name] for name in SPLITS}
+    n_channels, spatial_dims = images.shape[1], images.ndim - 2
+    info = DatasetInfo(
+        name=Path(target).name, task=Task.BINARY if len(data.class_names) == 2 else Task.MULTICLASS,
+        class_names=data.class_names, n_channels=n_channels, spatial_dims=spatial_dims, sizes=(size,),
+        split_sizes={name: len(s) for name, s in splits.items()}, source="folder",
+    )
+    fingerprint = hashlib.sha256(f"{data.fingerprint}|{method}|{seed}|{ratios}".encode()).hexdigest()[:24]
+    return Source(spec=f"folder:{target}@{size}", info=info, size=size, splits=splits, split_method=method,
+                  seed=seed, ratios=ratios, fingerprint=fingerprint, bad_files=data.bad_files,
+                  warnings=_leak_warnings(rows, groups, data.ids))
+
+
+def _folder_rows(data, *, ratios, seed, groups) -> tuple[dict[str, np.ndarray], str]:
+    """Rows of each split: the folders' own, with what is missing carved out of train.
+
+    Identical images (same ``groups`` id) are kept in one split wherever medlens splits.
+    """
+    present = dict(data.split_of)
+    if not present:  # class folders at the top: medlens makes the whole split
+        return stratified_split(data.labels, ratios=ratios, seed=seed, groups=groups), "stratified"
+    if set(present) == {"train"}:
+        train = present["train"]
+        parts = stratified_split(data.labels[train], ratios=ratios, seed=seed, groups=groups[train])
+        return {name: train[idx] for name, idx in parts.items()}, "stratified"
+    method = "folders"
+    for missing, share in (("test", ratios[2]), ("val", ratios[1])):
+        if missing not in present:
+            present["train"], present[missing] = carve_validation(
+                data.labels, present["train"], fraction=share / (ratios[0] + share), seed=seed, groups=groups)
+            method += f"+{missing}"
+    return present, method
+
+
+def _leak_warnings(rows: dict[str, np.ndarray], groups: np.ndarray, ids: np.ndarray) -> list[str]:
+    """Warn about identical images that the source's own folders put in two splits."""
+    owner: dict[int, str] = {}
+    first_id: dict[int, str] = {}
+    clashes = []
+    for name, idx in rows.items():
+        for row in idx:
+            group = int(groups[row])
+            split = owner.setdefault(group, name)
+            first_id.setdefault(group, str(ids[row]))
+            if split != name:
+                clashes.append(f"{first_id[group]} ({split}) = {ids[row]} ({name})")
+    if not clashes:
+        return []
+    shown = "; ".join(clashes[:5]) + (f"; and {len(clashes) - 5} more" if len(clashes) > 5 else "")
+    return [f"{len(clashes)} image(s) in the dataset's own split folders have an identical copy in "
+            f"another split (test-set leakage): {shown}"]
