@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import sys
 import urllib.error
@@ -64,6 +65,36 @@ def md5sum(path: str | os.PathLike) -> str:
         while block := fh.read(CHUNK):
             digest.update(block)
     return digest.hexdigest()
+
+
+def verify_md5(path: Path, expected: str, url: str) -> None:
+    """Check a local file's MD5; ``ValueError`` naming both sums and the URL on a mismatch.
+
+    A successful check leaves a stamp (size, mtime, MD5) under ``cache_root()/md5``, so an
+    unchanged file is hashed once, not on every load (a 224-px file is several GB).
+    """
+    stat = path.stat()
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
+    stamp = cache_root() / "md5" / f"{key}.json"
+    mark = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "md5": expected}
+    try:
+        if json.loads(stamp.read_text()) == mark:
+            return
+    except (OSError, ValueError):
+        pass
+    actual = md5sum(path)
+    if actual != expected:
+        raise ValueError(
+            f"{path} has MD5 {actual}, expected {expected}: the file is damaged or not the official "
+            f"one; delete it to download again from {url}, or pass verify=False (--no-verify)"
+        )
+    try:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stamp.with_name(stamp.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(mark))
+        os.replace(tmp, stamp)
+    except OSError:
+        pass  # a read-only cache only costs a re-hash next time
 
 
 def _manual_hint(remote: RemoteFile, folder: Path) -> str:

@@ -67,7 +67,7 @@ class FolderData:
 
 
 class _Tree:
-    """A directory or a zip archive seen as relative posix paths -> (size, mtime) and bytes."""
+    """A directory or a zip archive seen as relative posix paths -> (size, modification time)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -92,12 +92,6 @@ class _Tree:
                     full = Path(dirpath, name)
                     stat = full.stat()
                     self.entries[full.relative_to(path).as_posix()] = (stat.st_size, stat.st_mtime_ns)
-
-    def read(self, name: str) -> bytes:
-        if self.is_zip:
-            with zipfile.ZipFile(self.path) as archive:
-                return archive.read(name)
-        return (self.path / name).read_bytes()
 
 
 def _visible(rel: str) -> bool:
@@ -252,8 +246,9 @@ def load_folder(
         raise ValueError(f"channels must be 1 or 3 (or unset to decide from the images), got {channels!r}")
     tree = _Tree(path)
     files, labels, tags, class_names = _list_images(tree, where)
+    archive_stamp = (path.stat().st_size, path.stat().st_mtime_ns) if tree.is_zip else None
     key = hashlib.sha256(
-        json.dumps([CACHE_VERSION, str(path.resolve()), size, channels, skip_bad,
+        json.dumps([CACHE_VERSION, str(path.resolve()), archive_stamp, size, channels, skip_bad,
                     [(f, tree.entries[f]) for f in files]], default=str).encode()
     ).hexdigest()[:24]
     cache_dir = cache_root() / "folders" / key

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medlens.data.download import cache_root, data_root, download, md5sum
+from medlens.data.download import data_root, download, md5sum, verify_md5
 from medlens.data.registry import SPLITS, DatasetInfo, Task, get_dataset_info, list_datasets
 from medlens.data.splits import DEFAULT_RATIOS, carve_validation, duplicate_groups, parse_ratios, stratified_split
 
@@ -207,7 +207,7 @@ def resolve(
             )
         download(remote, folder)
     elif verify:
-        _verify_md5(path, remote.md5, remote.url)
+        verify_md5(path, remote.md5, remote.url)
     return _medmnist_source(f"{info.name}@{size}", info, _load_arrays(path, threshold), size, fingerprint=remote.md5)
 
 
@@ -215,32 +215,6 @@ def _load_arrays(path: Path, threshold: int) -> dict[str, np.ndarray]:
     from medlens.data.npz import load_npz_arrays
 
     return load_npz_arrays(path, mmap_threshold=threshold)
-
-
-def _verify_md5(path: Path, expected: str, url: str) -> None:
-    """Check ``path`` against ``expected``; a stamp keyed by size and mtime avoids re-hashing."""
-    stat = path.stat()
-    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
-    stamp = cache_root() / "md5" / f"{key}.json"
-    mark = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "md5": expected}
-    try:
-        if json.loads(stamp.read_text()) == mark:
-            return
-    except (OSError, ValueError):
-        pass
-    actual = md5sum(path)
-    if actual != expected:
-        raise ValueError(
-            f"{path} has MD5 {actual}, expected {expected}: the file is damaged or not the official "
-            f"one; delete it to download again from {url}, or pass verify=False (--no-verify)"
-        )
-    try:
-        stamp.parent.mkdir(parents=True, exist_ok=True)
-        tmp = stamp.with_name(stamp.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(mark))
-        os.replace(tmp, stamp)
-    except OSError:
-        pass  # a read-only cache only costs a re-hash next time
 
 
 def _npz_info(path: Path, arrays: dict[str, np.ndarray]) -> DatasetInfo:

@@ -1,0 +1,5 @@
+import sys
+
+from medlens.cli import main
+
+sys.exit(main())
