@@ -13,6 +13,7 @@ import hashlib
 import http.server
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,13 @@ def _make_handler(state: _State):
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+            if mode == "wrong-range" and start:  # a 206 for bytes 0-, not the range asked for
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes 0-{len(body) - 1}/{len(body)}")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             chunk = body[start:]
             self.send_response(206 if start else 200)
             if start:
@@ -216,7 +224,7 @@ def test_cache_root_env_and_default(tmp_path, monkeypatch):
 
 def test_download_normal(server, tmp_path):
     folder = tmp_path / "new" / "data"  # created by download()
-    path = download(server.remote(), folder, retries=3, timeout=5, progress=False)
+    path = download(server.remote(), folder, attempts=3, backoff=0.01, timeout=5, progress=False)
     assert path == folder / FILENAME
     assert path.stat().st_size == SIZE
     assert md5sum(path) == MD5
@@ -229,7 +237,7 @@ def test_download_normal(server, tmp_path):
 def test_download_resumes_partial_file(server, payload, tmp_path):
     part = tmp_path / (FILENAME + ".part")
     part.write_bytes(payload[:200_000])
-    path = download(server.remote(), tmp_path, retries=3, timeout=5, progress=False)
+    path = download(server.remote(), tmp_path, attempts=3, backoff=0.01, timeout=5, progress=False)
     assert server.state.ranges == ["bytes=200000-"]
     assert md5sum(path) == MD5
     assert not part.exists()
@@ -237,7 +245,7 @@ def test_download_resumes_partial_file(server, payload, tmp_path):
 
 def test_download_resumes_after_dropped_connection(server, tmp_path):
     server.set_mode("drop-once")
-    path = download(server.remote(), tmp_path, retries=3, timeout=5, progress=False)
+    path = download(server.remote(), tmp_path, attempts=3, backoff=0.01, timeout=5, progress=False)
     assert md5sum(path) == MD5
     ranges = server.state.ranges
     assert len(ranges) == 2
@@ -249,28 +257,22 @@ def test_download_resumes_after_dropped_connection(server, tmp_path):
 def test_download_retries_after_stalled_connection(server, tmp_path):
     """A connection that goes silent longer than ``timeout`` counts as dropped and is retried."""
     server.set_mode("stall-once")
-    path = download(server.remote(), tmp_path, retries=3, timeout=0.5, progress=False)
+    path = download(server.remote(), tmp_path, attempts=3, backoff=0.01, timeout=0.5, progress=False)
     assert md5sum(path) == MD5
     assert server.state.count == 2
     assert not (tmp_path / (FILENAME + ".part")).exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _fetch_into reads with response.read(CHUNK), which blocks for a full 1 MiB; a timeout "
-    "mid-chunk discards every byte of that chunk, so a stalled attempt keeps nothing to resume from "
-    "(fix: response.read1(CHUNK))",
-)
 def test_download_keeps_bytes_received_before_a_stall(server, tmp_path):
     server.set_mode("stall-once")
     with pytest.raises(DownloadError):
-        download(server.remote(), tmp_path, retries=1, timeout=0.5, progress=False)
+        download(server.remote(), tmp_path, attempts=1, backoff=0.01, timeout=0.5, progress=False)
     assert (tmp_path / (FILENAME + ".part")).stat().st_size == SIZE // 2
 
 
 def test_download_progress_bar(server, tmp_path, capsys):
     server.set_mode("drop-once")  # covers both a fresh bar and one starting at a resume offset
-    path = download(server.remote(), tmp_path, retries=3, timeout=5, progress=True)
+    path = download(server.remote(), tmp_path, attempts=3, backoff=0.01, timeout=5, progress=True)
     assert md5sum(path) == MD5
     err = capsys.readouterr().err
     assert FILENAME in err  # the bar's description is the file name (no ".part")
@@ -281,7 +283,7 @@ def test_download_always_dropped_raises_and_keeps_part(server, tmp_path):
     server.set_mode("always-drop")
     remote = server.remote()
     with pytest.raises(DownloadError) as info:
-        download(remote, tmp_path, retries=3, timeout=5, progress=False)
+        download(remote, tmp_path, attempts=3, backoff=0.01, timeout=5, progress=False)
     assert isinstance(info.value, OSError)
     message = str(info.value)
     _assert_manual_hint(message, remote, tmp_path)
@@ -301,11 +303,11 @@ def test_download_always_dropped_raises_and_keeps_part(server, tmp_path):
 def test_download_kept_part_is_resumed_by_next_call(server, tmp_path):
     server.set_mode("always-drop")
     with pytest.raises(DownloadError):
-        download(server.remote(), tmp_path, retries=1, timeout=5, progress=False)
+        download(server.remote(), tmp_path, attempts=1, backoff=0.01, timeout=5, progress=False)
     kept = (tmp_path / (FILENAME + ".part")).stat().st_size
     assert kept == SIZE // 2
     server.set_mode("normal")
-    path = download(server.remote(), tmp_path, retries=1, timeout=5, progress=False)
+    path = download(server.remote(), tmp_path, attempts=1, backoff=0.01, timeout=5, progress=False)
     assert md5sum(path) == MD5
     assert server.state.ranges == [None, f"bytes={kept}-"]
 
@@ -314,7 +316,7 @@ def test_download_checksum_mismatch_removes_part(server, payload, tmp_path):
     server.set_mode("corrupt")
     remote = server.remote()
     with pytest.raises(DownloadError) as info:
-        download(remote, tmp_path, retries=3, timeout=5, progress=False)
+        download(remote, tmp_path, attempts=3, backoff=0.01, timeout=5, progress=False)
     message = str(info.value)
     _assert_manual_hint(message, remote, tmp_path)
     assert "checksum" in message.lower()
@@ -331,7 +333,7 @@ def test_download_wrong_expected_md5(server, tmp_path):
     """The registry MD5 is what is checked: a correct file under a wrong MD5 is rejected."""
     wrong = "0" * 32
     with pytest.raises(DownloadError, match=wrong):
-        download(server.remote(md5=wrong), tmp_path, retries=1, timeout=5, progress=False)
+        download(server.remote(md5=wrong), tmp_path, attempts=1, backoff=0.01, timeout=5, progress=False)
     assert list(tmp_path.glob(FILENAME + "*")) == []
 
 
@@ -339,7 +341,7 @@ def test_download_server_ignoring_range_overwrites_part(server, tmp_path):
     server.set_mode("ignore-range")
     part = tmp_path / (FILENAME + ".part")
     part.write_bytes(b"\xab" * 1000)  # garbage that must not stay in front of the file
-    path = download(server.remote(), tmp_path, retries=3, timeout=5, progress=False)
+    path = download(server.remote(), tmp_path, attempts=3, backoff=0.01, timeout=5, progress=False)
     assert server.state.ranges == ["bytes=1000-"]
     assert path.stat().st_size == SIZE
     assert md5sum(path) == MD5
@@ -350,7 +352,7 @@ def test_download_complete_part_answered_416(server, payload, tmp_path):
     """A .part that already holds the whole file gets a 416 and is checked and moved into place."""
     part = tmp_path / (FILENAME + ".part")
     part.write_bytes(payload)
-    path = download(server.remote(), tmp_path, retries=3, timeout=5, progress=False)
+    path = download(server.remote(), tmp_path, attempts=3, backoff=0.01, timeout=5, progress=False)
     assert server.state.ranges == [f"bytes={SIZE}-"]
     assert md5sum(path) == MD5
     assert not part.exists()
@@ -360,10 +362,10 @@ def test_download_overlong_part_is_rejected_and_removed(server, payload, tmp_pat
     part = tmp_path / (FILENAME + ".part")
     part.write_bytes(payload + b"extra")
     with pytest.raises(DownloadError, match="checksum"):
-        download(server.remote(), tmp_path, retries=3, timeout=5, progress=False)
+        download(server.remote(), tmp_path, attempts=3, backoff=0.01, timeout=5, progress=False)
     assert not part.exists()  # the next call starts from scratch
     assert not (tmp_path / FILENAME).exists()
-    path = download(server.remote(), tmp_path, retries=3, timeout=5, progress=False)
+    path = download(server.remote(), tmp_path, attempts=3, backoff=0.01, timeout=5, progress=False)
     assert md5sum(path) == MD5
 
 
@@ -371,7 +373,7 @@ def test_download_404_is_not_retried(server, tmp_path):
     server.set_mode("404")
     remote = server.remote()
     with pytest.raises(DownloadError) as info:
-        download(remote, tmp_path, retries=5, timeout=5, progress=False)
+        download(remote, tmp_path, attempts=5, backoff=0.01, timeout=5, progress=False)
     message = str(info.value)
     _assert_manual_hint(message, remote, tmp_path)
     assert "404" in message
@@ -383,16 +385,35 @@ def test_download_503_is_retried_a_bounded_number_of_times(server, tmp_path):
     server.set_mode("503")
     remote = server.remote()
     with pytest.raises(DownloadError) as info:
-        download(remote, tmp_path, retries=3, timeout=5, progress=False)
+        download(remote, tmp_path, attempts=3, backoff=0.01, timeout=5, progress=False)
     assert "503" in str(info.value)
-    assert 2 <= server.state.count <= 4
+    assert server.state.count == 3  # attempts=3 tries in all, no more
+
+
+def test_download_backs_off_between_server_errors(server, tmp_path):
+    server.set_mode("503")
+    started = time.monotonic()
+    with pytest.raises(DownloadError):
+        download(server.remote(), tmp_path, attempts=3, backoff=0.2, timeout=5, progress=False)
+    # waits 0.2 s then 0.4 s between the three tries (none after the last)
+    assert time.monotonic() - started >= 0.6
+    assert server.state.count == 3
+
+
+def test_download_restarts_when_server_sends_another_range(server, payload, tmp_path):
+    """A 206 whose Content-Range does not start at the partial file's end must not be appended."""
+    server.set_mode("wrong-range")
+    part = tmp_path / (FILENAME + ".part")
+    part.write_bytes(payload[:200_000])
+    path = download(server.remote(), tmp_path, attempts=3, backoff=0.01, timeout=5, progress=False)
+    assert md5sum(path) == MD5
 
 
 def test_download_unreachable(tmp_path):
     port = _free_port()
     remote = RemoteFile(url=f"http://127.0.0.1:{port}/{FILENAME}", md5=MD5, filename=FILENAME)
     with pytest.raises(DownloadError) as info:
-        download(remote, tmp_path / "d", retries=2, timeout=5, progress=False)
+        download(remote, tmp_path / "d", attempts=2, backoff=0.01, timeout=5, progress=False)
     _assert_manual_hint(str(info.value), remote, tmp_path / "d")
     assert not (tmp_path / "d" / FILENAME).exists()
 

@@ -22,6 +22,7 @@ import http.client
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -108,18 +109,21 @@ def download(
     remote: RemoteFile,
     folder: str | os.PathLike,
     *,
-    retries: int = 3,
+    attempts: int = 3,
     timeout: float = 60.0,
     progress: bool = True,
+    backoff: float = 1.0,
 ) -> Path:
     """Download ``remote`` into ``folder``, resuming a partial file, and verify its MD5.
 
     Args:
         remote: URL, MD5 and file name (from :meth:`DatasetInfo.file`).
         folder: destination folder; created if missing.
-        retries: attempts after a dropped connection; each one resumes where the last stopped.
+        attempts: tries in all (>= 1); each one resumes where the last stopped.
         timeout: seconds without data before an attempt counts as dropped.
         progress: show a tqdm progress bar on stderr.
+        backoff: seconds to wait before retrying after a server error (5xx, 429) or a refused
+            connection, doubled each time; a connection dropped mid-transfer is resumed at once.
 
     Returns:
         Path of the verified file.
@@ -133,7 +137,8 @@ def download(
     final = folder / remote.filename
     part = folder / (remote.filename + ".part")
     last_error: Exception | None = None
-    for _ in range(max(1, retries)):
+    for attempt in range(max(1, attempts)):
+        had = part.stat().st_size if part.exists() else 0
         try:
             _fetch_into(remote.url, part, timeout=timeout, progress=progress)
             last_error = None
@@ -142,6 +147,9 @@ def download(
             last_error = exc
             if isinstance(exc, urllib.error.HTTPError) and exc.code not in (408, 429, 500, 502, 503, 504):
                 break  # a 404/403 will not change on retry
+            progressed = part.exists() and part.stat().st_size > had
+            if not progressed and attempt + 1 < attempts:
+                time.sleep(backoff * 2**attempt)
     if last_error is not None:
         kept = f"; {part.stat().st_size} bytes kept in {part} for a resume" if part.exists() else ""
         raise DownloadError(f"download of {remote.url} failed ({_reason(last_error)}){kept}; "
@@ -178,14 +186,15 @@ def _fetch_into(url: str, part: Path, *, timeout: float, progress: bool) -> None
             return
         raise
     with response:
-        if have and response.status != 206:  # server ignored the Range: start over
-            have = 0
+        if have and (response.status != 206 or not _range_starts_at(response, have)):
+            have = 0  # server ignored the Range (or sent another one): start over
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
         bar = _progress_bar(part.name.removesuffix(".part"), total, have) if progress else None
         try:
             with open(part, "ab" if have else "wb") as out:
-                while block := response.read(CHUNK):
+                # read1 returns what has arrived: bytes received before a stall are kept.
+                while block := response.read1(CHUNK):
                     out.write(block)
                     if bar is not None:
                         bar.update(len(block))
@@ -195,6 +204,15 @@ def _fetch_into(url: str, part: Path, *, timeout: float, progress: bool) -> None
     size = part.stat().st_size
     if total is not None and size < total:
         raise ConnectionError(f"connection closed after {size} of {total} bytes")
+
+
+def _range_starts_at(response, offset: int) -> bool:
+    """Whether a 206 response's Content-Range starts at ``offset`` (``bytes START-END/TOTAL``)."""
+    value = response.headers.get("Content-Range", "")
+    try:
+        return int(value.split()[1].split("-")[0]) == offset
+    except (IndexError, ValueError):
+        return False
 
 
 def _progress_bar(name: str, total: int | None, initial: int):
