@@ -86,7 +86,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             verify_md5(path, remote.md5, remote.url)
             print(f"{path}: present, MD5 {remote.md5} verified")
             continue
-        print(f"downloading {remote.url} -> {path}", file=sys.stderr)
+        if not args.quiet:
+            print(f"downloading {remote.url} -> {path}", file=sys.stderr)
         download(remote, root, progress=not args.quiet)
         print(f"{path}: downloaded, MD5 {remote.md5} verified")
     return 0

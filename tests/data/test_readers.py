@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from medlens.data.readers import Decoded, UnreadableImage, dicom_to_uint8, file_suffix, read_image
+from helpers import single_line
 
 # --------------------------------------------------------------------------------------------
 # helpers: build tiny files in memory
@@ -79,11 +80,6 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     np.save(buf, arr)
     return buf.getvalue()
 
-
-def _single_line(exc: BaseException) -> str:
-    text = str(exc)
-    assert text and "\n" not in text, f"message should be one non-empty line: {text!r}"
-    return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,13 +178,13 @@ def test_truncated_png_is_unreadable_with_one_line_reason():
     data = _pillow_bytes(rng.integers(0, 256, (32, 32), dtype=np.uint8), "PNG")
     with pytest.raises(UnreadableImage) as info:
         read_image(data[: len(data) // 2], "cut.png", size=16)
-    assert "truncated" in _single_line(info.value).lower()
+    assert "truncated" in single_line(info.value).lower()
 
 
 def test_garbage_bytes_are_unreadable():
     with pytest.raises(UnreadableImage) as info:
         read_image(b"not an image at all", "fake.jpg", size=16)
-    _single_line(info.value)
+    single_line(info.value)
 
 
 def test_unreadable_image_is_a_value_error():
@@ -199,7 +195,7 @@ def test_unreadable_image_is_a_value_error():
 def test_unsupported_suffix_is_named(name):
     with pytest.raises(UnreadableImage) as info:
         read_image(b"hello", name, size=16)
-    text = _single_line(info.value)
+    text = single_line(info.value)
     assert "unsupported" in text
     assert (file_suffix(name) or "(none)") in text
     assert ".png" in text  # lists what is supported
@@ -246,13 +242,6 @@ def test_dicom_rescale_slope_is_applied():
     np.testing.assert_array_equal(flipped.astype(int), 255 - plain.astype(int))
 
 
-_WINDOW_BUG = (
-    "readers._dicom_window calls .value on ds.get('WindowCenter'), which already returns the "
-    "value (DSfloat), so every DICOM carrying a VOI window fails with AttributeError"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=_WINDOW_BUG)
 def test_dicom_window_centre_width():
     arr = _ramp_dicom_array()  # stored 0..990
     out = dicom_to_uint8(_dicom_bytes(arr, WindowCenter=500, WindowWidth=400))
@@ -264,7 +253,6 @@ def test_dicom_window_centre_width():
     assert (np.diff(flat) >= 0).all()
 
 
-@pytest.mark.xfail(strict=True, reason=_WINDOW_BUG)
 def test_dicom_rescale_then_window():
     """The window is in rescaled (modality) units: slope 2, intercept -100 map 500 -> 900."""
     arr = _ramp_dicom_array()  # stored 0..990 -> rescaled -100..1880
@@ -278,7 +266,6 @@ def test_dicom_rescale_then_window():
     assert by_value[990] == 255
 
 
-@pytest.mark.xfail(strict=True, reason=_WINDOW_BUG)
 def test_dicom_multi_valued_window_uses_first():
     arr = _ramp_dicom_array()
     first_only = dicom_to_uint8(_dicom_bytes(arr, WindowCenter=500, WindowWidth=400))
@@ -290,7 +277,7 @@ def test_dicom_multi_frame_is_refused_clearly():
     frames = np.stack([_ramp_dicom_array()] * 3)
     with pytest.raises(UnreadableImage) as info:
         read_image(_dicom_bytes(frames), "cine.dcm", size=8)
-    text = _single_line(info.value)
+    text = single_line(info.value)
     assert "multi-frame" in text and "3 frames" in text
 
 
@@ -316,7 +303,7 @@ def test_dicom_without_pixel_data_is_refused():
 def test_dicom_garbage_is_unreadable():
     with pytest.raises(UnreadableImage) as info:
         read_image(b"\x00" * 10, "broken.dcm", size=8)
-    _single_line(info.value)
+    single_line(info.value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,13 +344,13 @@ def test_nifti_4d_with_singleton_time_is_accepted_other_4d_refused():
     assert read_image(_nifti_bytes(volume), "v.nii", size=4).pixels.shape == (4, 4, 4)
     with pytest.raises(UnreadableImage) as info:
         read_image(_nifti_bytes(np.ones((5, 5, 5, 2), dtype=np.float32)), "t.nii", size=4)
-    assert "3-D" in _single_line(info.value)
+    assert "3-D" in single_line(info.value)
 
 
 def test_nifti_garbage_is_unreadable():
     with pytest.raises(UnreadableImage) as info:
         read_image(b"nonsense" * 20, "v.nii.gz", size=4)
-    _single_line(info.value)
+    single_line(info.value)
 
 
 def test_npy_2d_is_an_image():
@@ -397,7 +384,7 @@ def test_npy_leading_singleton_is_dropped():
 def test_npy_bad_shapes_are_refused_naming_the_shape(shape):
     with pytest.raises(UnreadableImage) as info:
         read_image(_npy_bytes(np.zeros(shape, dtype=np.float32)), "x.npy", size=4)
-    assert str(shape) in _single_line(info.value)
+    assert str(shape) in single_line(info.value)
 
 
 def test_npy_with_pickled_objects_is_refused():

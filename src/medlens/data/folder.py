@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import os
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
@@ -117,7 +118,12 @@ def _layout(names: list[str], where: str) -> tuple[str, dict[str, str]]:
         subs = _subfolders(names, prefix)
         top_files = [n for n in names if n.startswith(prefix) and "/" not in n[len(prefix):]]
         has_images = any(file_suffix(n) in SUPPORTED_SUFFIXES for n in top_files)
-        if len(subs) == 1 and not has_images and subs[0].lower() not in SPLIT_FOLDERS:
+        # A lone sub-folder is a wrapper (``medical_mnist/`` in the zip) only if it holds no
+        # images itself; otherwise it is a single class, which load_folder reports as such.
+        inner = f"{prefix}{subs[0]}/" if len(subs) == 1 else ""
+        inner_images = inner and any(
+            n.startswith(inner) and "/" not in n[len(inner):] and file_suffix(n) in SUPPORTED_SUFFIXES for n in names)
+        if len(subs) == 1 and not has_images and not inner_images and subs[0].lower() not in SPLIT_FOLDERS:
             prefix = f"{prefix}{subs[0]}/"
             continue
         break
@@ -240,8 +246,13 @@ def load_folder(
     where = f"folder:{path}"
     if not path.exists():
         raise FileNotFoundError(f"{where} does not exist")
-    if size is not None and (not isinstance(size, int) or size < 2):
-        raise ValueError(f"size must be an integer of at least 2 pixels, got {size!r}")
+    if size is not None:
+        try:
+            size = operator.index(size)
+        except TypeError:
+            raise ValueError(f"size must be an integer of at least 2 pixels, got {size!r}") from None
+        if size < 2:
+            raise ValueError(f"size must be an integer of at least 2 pixels, got {size!r}")
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1 or 3 (or unset to decide from the images), got {channels!r}")
     tree = _Tree(path)

@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import torch
 
@@ -60,7 +62,7 @@ class BatchLoader:
     Args:
         split: the :class:`TensorSplit`.
         batch_size: images per batch (> 0).
-        shuffle: new random order each epoch (seeded: epoch ``e`` uses ``seed + e``).
+        shuffle: new random order each epoch (seeded by ``(seed, epoch)``).
         seed: base seed of the order.
         drop_last: drop a final short batch.
         weights: optional ``(N,)`` sampling weights: each epoch draws ``N`` rows with replacement
@@ -72,12 +74,18 @@ class BatchLoader:
 
     def __init__(self, split: TensorSplit, *, batch_size: int = 128, shuffle: bool = False, seed: int = 0,
                  drop_last: bool = False, weights: np.ndarray | None = None):
-        if not isinstance(batch_size, int) or batch_size < 1:
+        try:
+            size = operator.index(batch_size)  # accepts numpy integers, refuses floats
+        except TypeError:
+            size = 0
+        if size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = size
         if weights is not None:
             weights = np.asarray(weights, dtype=np.float64)
-            if weights.shape != (len(split),) or (weights < 0).any() or weights.sum() <= 0:
-                raise ValueError(f"weights must be {len(split)} non-negative numbers with a positive sum")
+            if (weights.shape != (len(split),) or not np.isfinite(weights).all() or (weights < 0).any()
+                    or weights.sum() <= 0):
+                raise ValueError(f"weights must be {len(split)} finite non-negative numbers with a positive sum")
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -93,7 +101,7 @@ class BatchLoader:
     def order(self, epoch: int) -> np.ndarray:
         """Row order of epoch ``epoch`` (deterministic given the seed)."""
         n = len(self.split)
-        rng = np.random.default_rng(self.seed + epoch)
+        rng = np.random.default_rng([self.seed, epoch])  # independent streams per (seed, epoch)
         if self.weights is not None:
             return rng.choice(n, size=n, replace=True, p=self.weights / self.weights.sum())
         return rng.permutation(n) if self.shuffle else np.arange(n)

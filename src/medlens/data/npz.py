@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,8 @@ SPLITS = ("train", "val", "test")
 REQUIRED_KEYS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels"))
 DEFAULT_MMAP_THRESHOLD = 2 << 30  # bytes of uncompressed arrays above which a file is mmapped
 _STREAM_CHUNK = 64 << 20
+# What a damaged archive raises while reading: turned into one ValueError naming the file.
+_DAMAGE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError)
 
 
 def _read_member_header(fh) -> tuple[tuple[int, ...], np.dtype, bool]:
@@ -55,7 +58,7 @@ def read_npz_header(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...],
                     shape, fortran, dtype = _read_member_header(fh)
                 out[info.filename[:-4]] = (tuple(shape), np.dtype(dtype))
             return out
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    except _DAMAGE_ERRORS as exc:
         raise ValueError(f"{path} is not a readable .npz file ({exc})") from exc
 
 
@@ -91,10 +94,15 @@ def load_npz_arrays(
     header = read_npz_header(path)
     check_npz_keys(path, header)
     total = sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in header.values())
-    if total <= mmap_threshold:
-        with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in REQUIRED_KEYS}
-    return _mmap_from_cache(path)
+    try:
+        if total <= mmap_threshold:
+            with np.load(path, allow_pickle=False) as npz:
+                return {key: npz[key] for key in REQUIRED_KEYS}
+        return _mmap_from_cache(path)
+    except _DAMAGE_ERRORS as exc:
+        raise ValueError(
+            f"{path} is damaged ({type(exc).__name__}: {exc}); delete it and download it again"
+        ) from exc
 
 
 def _mmap_from_cache(path: Path) -> dict[str, np.ndarray]:
@@ -115,17 +123,21 @@ def _mmap_from_cache(path: Path) -> dict[str, np.ndarray]:
 def _stream_member(archive: zipfile.ZipFile, member: str, target: Path) -> None:
     """Decompress one ``.npy`` member into ``target`` chunk by chunk (bounded memory)."""
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    with archive.open(member) as fh:
-        shape, fortran, dtype = _read_member_header(fh)
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape, fortran_order=fortran)
-        flat = out.reshape(-1, order="F" if fortran else "C").view(np.uint8)
-        pos = 0
-        while pos < flat.size:
-            block = fh.read(min(_STREAM_CHUNK, flat.size - pos))
-            if not block:
-                raise ValueError(f"{archive.filename}: member {member} is truncated")
-            flat[pos:pos + len(block)] = np.frombuffer(block, dtype=np.uint8)
-            pos += len(block)
-        out.flush()
-        del flat, out
-    os.replace(tmp, target)
+    try:
+        with archive.open(member) as fh:
+            shape, fortran, dtype = _read_member_header(fh)
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape, fortran_order=fortran)
+            flat = out.reshape(-1, order="F" if fortran else "C").view(np.uint8)
+            pos = 0
+            while pos < flat.size:
+                block = fh.read(min(_STREAM_CHUNK, flat.size - pos))
+                if not block:
+                    raise ValueError(f"{archive.filename}: member {member} is truncated")
+                flat[pos:pos + len(block)] = np.frombuffer(block, dtype=np.uint8)
+                pos += len(block)
+            out.flush()
+            del flat, out
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -202,7 +202,7 @@ def _dicom_window(ds) -> tuple[float, float] | None:
         # Multi-valued elements hold several windows; the first is the default presentation.
         return float(value[0] if isinstance(value, (MultiValue, list, tuple)) else value)
 
-    centre, width = first(centre.value), first(width.value)
+    centre, width = first(centre), first(width)  # Dataset.get by keyword returns the value
     return (centre, width) if width > 0 else None
 
 

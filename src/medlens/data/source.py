@@ -139,8 +139,9 @@ def parse_spec(spec: str) -> tuple[str, str, int | None]:
     head, sep, tail = text.rpartition("@")
     if sep and tail.isdigit():
         text, size = head, int(tail)
-    elif sep and kind == "medmnist":
-        raise ValueError(f"bad size {tail!r} in dataset spec {spec!r}; write NAME@SIZE, e.g. breastmnist@64")
+    elif sep and (kind == "medmnist" or not Path(text).exists()):
+        raise ValueError(f"bad size {tail!r} in dataset spec {spec!r}; the size after @ is a whole number "
+                         "of pixels, e.g. breastmnist@64 or folder:images.zip@128")
     if not text:
         raise ValueError(f"empty dataset spec {spec!r}; use a name ({', '.join(list_datasets()[:3])}, ...), folder:PATH or npz:FILE")
     return kind, text, size

@@ -27,7 +27,7 @@ def parse_ratios(text: str | tuple[float, ...] | list[float]) -> tuple[float, fl
     """
     try:
         values = [float(v) for v in (text.replace(",", "/").split("/") if isinstance(text, str) else text)]
-    except ValueError:
+    except (TypeError, ValueError):
         raise ValueError(f"split ratios must be three numbers like 0.8/0.1/0.1, got {text!r}") from None
     if len(values) != 3 or min(values) <= 0:
         raise ValueError(f"split ratios must be three positive numbers train/val/test like 0.8/0.1/0.1, got {text!r}")
@@ -42,19 +42,24 @@ def parse_ratios(text: str | tuple[float, ...] | list[float]) -> tuple[float, fl
 def stratify_key(labels: np.ndarray, *, min_count: int = 2) -> np.ndarray:
     """A 1-D key to stratify on.
 
-    Single-label ``(N,)`` labels are their own key. Multi-label ``(N, K)`` rows use their label
-    combination (label powerset); combinations seen fewer than ``min_count`` times are pooled
-    into one "rare" key, because scikit-learn cannot stratify singletons.
+    Single-label ``(N,)`` labels are their own key. A multi-label ``(N, K)`` row is keyed by the
+    rarest label it carries (``K`` when it has none), so every label's positives spread over the
+    splits and there are at most ``K + 1`` strata (a label powerset has up to ``2**K`` and cannot
+    be stratified on small data). Multi-label strata smaller than ``min_count`` are pooled into
+    one key, because scikit-learn cannot stratify singletons.
     """
     labels = np.asarray(labels)
     if labels.ndim == 1:
         return labels
-    _, key, counts = np.unique(labels, axis=0, return_inverse=True, return_counts=True)
-    key = key.reshape(-1)
-    rare = counts[key] < min_count
-    if rare.any():
-        key = np.where(rare, -1, key)
-    return key
+    n_labels = labels.shape[1]
+    order = np.argsort(labels.sum(axis=0), kind="stable")  # label ids, rarest first
+    rank = np.empty(n_labels, dtype=np.int64)
+    rank[order] = np.arange(n_labels)
+    best = np.where(labels > 0, rank[None, :], n_labels).min(axis=1)  # rank of each row's rarest label
+    key = np.where(best < n_labels, order[np.minimum(best, n_labels - 1)], n_labels)
+    values, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    rare = counts[inverse.reshape(-1)] < min_count
+    return np.where(rare, -1, key)
 
 
 def _check_stratifiable(key: np.ndarray, need: int, what: str) -> None:
@@ -63,6 +68,14 @@ def _check_stratifiable(key: np.ndarray, need: int, what: str) -> None:
     if small:
         listed = ", ".join(f"class {v} has {c}" for v, c in small[:5])
         raise ValueError(f"{what} needs at least {need} images per class; {listed}")
+
+
+def _check_room(key: np.ndarray, rows: int, what: str, gives: str) -> None:
+    """A stratified part needs at least one row per stratum."""
+    strata = len(np.unique(key))
+    if rows < strata:
+        raise ValueError(f"{what} {gives}, fewer than its {strata} classes; use more images or larger "
+                         "val/test ratios")
 
 
 def _representatives(rows: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
@@ -107,11 +120,15 @@ def stratified_split(
     reps = _representatives(everything, groups)
     key = stratify_key(labels[reps], min_count=3)
     _check_stratifiable(key, 3, f"a stratified {train_r:g}/{val_r:g}/{test_r:g} split")
-    position = np.arange(len(reps))
-    rest, test = train_test_split(position, test_size=test_r, stratify=key, random_state=seed)
-    train, val = train_test_split(
-        rest, test_size=val_r / (train_r + val_r), stratify=key[rest], random_state=seed
-    )
+    # Whole counts, computed here: scikit-learn rounds a float test_size up (ceil), so
+    # 0.15 / 0.85 of 85 rows would give 16 validation rows instead of 15.
+    n = len(reps)
+    n_test, n_val = max(1, round(n * test_r)), max(1, round(n * val_r))
+    _check_room(key, min(n_test, n_val), f"a stratified {train_r:g}/{val_r:g}/{test_r:g} split of {n} images",
+                f"gives {n_val} validation and {n_test} test images")
+    position = np.arange(n)
+    rest, test = train_test_split(position, test_size=n_test, stratify=key, random_state=seed)
+    train, val = train_test_split(rest, test_size=n_val, stratify=key[rest], random_state=seed)
     return {name: _expand(reps[part], everything, groups)
             for name, part in (("train", train), ("val", val), ("test", test))}
 
@@ -145,7 +162,9 @@ def carve_validation(
     reps = _representatives(train_index, groups)
     key = stratify_key(np.asarray(labels)[reps])
     _check_stratifiable(key, 2, "carving a stratified validation split from train")
-    train, val = train_test_split(reps, test_size=fraction, stratify=key, random_state=seed)
+    n_val = max(1, round(len(reps) * fraction))
+    _check_room(key, n_val, f"carving {fraction:.3g} of {len(reps)} training images", f"gives {n_val} validation images")
+    train, val = train_test_split(reps, test_size=n_val, stratify=key, random_state=seed)
     return _expand(train, train_index, groups), _expand(val, train_index, groups)
 
 
