@@ -68,34 +68,46 @@ def md5sum(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def verify_md5(path: Path, expected: str, url: str) -> None:
-    """Check a local file's MD5; ``ValueError`` naming both sums and the URL on a mismatch.
+def cached_md5(path: str | os.PathLike) -> str:
+    """MD5 of a local file, remembered under ``cache_root()/md5`` by path, size and mtime.
 
-    A successful check leaves a stamp (size, mtime, MD5) under ``cache_root()/md5``, so an
-    unchanged file is hashed once, not on every load (a 224-px file is several GB).
+    An unchanged file is hashed once, not on every load (a 224-px file is several GB, about
+    1.2 s per GB here). A changed size or modification time hashes it again.
     """
+    path = Path(path)
     stat = path.stat()
     key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
     stamp = cache_root() / "md5" / f"{key}.json"
-    mark = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "md5": expected}
+    mark = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     try:
-        if json.loads(stamp.read_text()) == mark:
-            return
+        record = json.loads(stamp.read_text())
+        if {k: record.get(k) for k in mark} == mark and isinstance(record.get("md5"), str):
+            return record["md5"]
     except (OSError, ValueError):
         pass
-    actual = md5sum(path)
+    digest = md5sum(path)
+    try:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stamp.with_name(stamp.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({**mark, "md5": digest}))
+        os.replace(tmp, stamp)
+    except OSError:
+        pass  # a read-only cache only costs a re-hash next time
+    return digest
+
+
+def verify_md5(path: Path, expected: str, url: str) -> None:
+    """Check a local file's MD5 (see :func:`cached_md5`).
+
+    Raises:
+        ValueError: the sums differ; the message names both sums and the URL to download from.
+    """
+    actual = cached_md5(path)
     if actual != expected:
         raise ValueError(
             f"{path} has MD5 {actual}, expected {expected}: the file is damaged or not the official "
             f"one; delete it to download again from {url}, or pass verify=False (--no-verify)"
         )
-    try:
-        stamp.parent.mkdir(parents=True, exist_ok=True)
-        tmp = stamp.with_name(stamp.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(mark))
-        os.replace(tmp, stamp)
-    except OSError:
-        pass  # a read-only cache only costs a re-hash next time
 
 
 def _manual_hint(remote: RemoteFile, folder: Path) -> str:

@@ -26,15 +26,16 @@ import os
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
 from medlens.data.download import cache_root
 from medlens.data.readers import SUPPORTED_SUFFIXES, UnreadableImage, file_suffix, read_image
+from medlens.data.splits import duplicate_groups
 
 SPLIT_FOLDERS = ("train", "val", "test")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini", ".ds_store"}
 _PARALLEL_MIN_FILES = 2000  # below this, process start-up costs more than it saves
 _CHUNK = 1000
@@ -50,6 +51,7 @@ class FolderData:
         ids: ``(N,)`` relative file paths (posix), the identity of each image.
         split_of: ``{split: int array of row indices}`` for pre-split layouts; empty otherwise.
         class_names: sorted class folder names.
+        groups: ``(N,)`` ids shared by byte-identical images (see ``splits.duplicate_groups``).
         bad_files: ``[(relative path, reason)]`` skipped with ``skip_bad``.
         fingerprint: hex digest of the listing and options (also the cache key).
     """
@@ -59,6 +61,7 @@ class FolderData:
     ids: np.ndarray
     split_of: dict[str, np.ndarray]
     class_names: tuple[str, ...]
+    groups: np.ndarray
     bad_files: list[tuple[str, str]] = field(default_factory=list)
     fingerprint: str = ""
 
@@ -96,7 +99,7 @@ class _Tree:
 
 
 def _visible(rel: str) -> bool:
-    parts = PurePosixPath(rel).parts
+    parts = rel.split("/")
     return not any(p.startswith(".") or p == "__MACOSX" for p in parts) and parts[-1].lower() not in _IGNORED_NAMES
 
 
@@ -297,6 +300,7 @@ def load_folder(
         ids=np.asarray(files)[keep],
         split_of=split_of,
         class_names=class_names,
+        groups=duplicate_groups(images),
         bad_files=bad,
         fingerprint=key,
     )
@@ -312,6 +316,7 @@ def _save_cached(cache_dir: Path, data: FolderData) -> None:
     np.save(tmp / "images.npy", data.images)
     np.save(tmp / "labels.npy", data.labels)
     np.save(tmp / "ids.npy", data.ids)
+    np.save(tmp / "groups.npy", data.groups)
     meta = {
         "class_names": list(data.class_names),
         "split_of": {s: idx.tolist() for s, idx in data.split_of.items()},
@@ -334,6 +339,7 @@ def _load_cached(cache_dir: Path, key: str) -> FolderData:
         ids=np.load(cache_dir / "ids.npy"),
         split_of={s: np.asarray(v, dtype=np.int64) for s, v in meta["split_of"].items()},
         class_names=tuple(meta["class_names"]),
+        groups=np.load(cache_dir / "groups.npy"),
         bad_files=[tuple(b) for b in meta["bad_files"]],
         fingerprint=key,
     )

@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from medlens.data.download import cache_root
+from medlens.data.registry import SPLITS
 
-SPLITS = ("train", "val", "test")
 REQUIRED_KEYS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels"))
 DEFAULT_MMAP_THRESHOLD = 2 << 30  # bytes of uncompressed arrays above which a file is mmapped
-_STREAM_CHUNK = 64 << 20
+_STREAM_CHUNK = 16 << 20  # bytes decompressed per step: bounds the memory streaming takes
 # What a damaged archive raises while reading: turned into one ValueError naming the file.
 _DAMAGE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError)
 
