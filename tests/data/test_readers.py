@@ -30,11 +30,8 @@ def _halves(h: int = 32, w: int = 32) -> np.ndarray:
     return arr
 
 
-def _dicom_bytes(arr: np.ndarray, photometric: str = "MONOCHROME2", **elements) -> bytes:
-    """A minimal valid DICOM (explicit VR little endian, 16-bit unsigned, 1 sample per pixel).
-
-    ``arr`` is ``(H, W)`` or ``(frames, H, W)``; extra keyword arguments become data elements.
-    """
+def _dicom_dataset():
+    """An empty DICOM dataset with file meta (explicit VR little endian, secondary capture)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -46,6 +43,15 @@ def _dicom_bytes(arr: np.ndarray, photometric: str = "MONOCHROME2", **elements) 
     ds.file_meta = meta
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    return ds
+
+
+def _dicom_bytes(arr: np.ndarray, photometric: str = "MONOCHROME2", **elements) -> bytes:
+    """A minimal valid DICOM (explicit VR little endian, 16-bit unsigned, 1 sample per pixel).
+
+    ``arr`` is ``(H, W)`` or ``(frames, H, W)``; extra keyword arguments become data elements.
+    """
+    ds = _dicom_dataset()
     ds.Rows, ds.Columns = arr.shape[-2:]
     ds.BitsAllocated = 16
     ds.BitsStored = 16
@@ -282,17 +288,7 @@ def test_dicom_multi_frame_is_refused_clearly():
 
 
 def test_dicom_without_pixel_data_is_refused():
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds = _dicom_dataset()
     ds.Modality = "OT"
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)

@@ -119,7 +119,7 @@ def imbalance_warning(source: Source, *, ratio: float = DEFAULT_IMBALANCE_RATIO)
         small = source.info.class_names[int(counts.argmin())]
         large = source.info.class_names[int(counts.argmax())]
         return (f"classes are imbalanced: {large!r} has {high:,} training images, {small!r} {low:,} "
-                f"({high / low:.1f}x); consider --class-weights balanced or --oversample")
+                f"({high / low:.1f}x); consider class weights or oversampling when training")
     return None
 
 
