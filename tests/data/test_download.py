@@ -109,12 +109,14 @@ def _make_handler(state: _State):
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-            if mode == "wrong-range" and start:  # a 206 for bytes 0-, not the range asked for
+            if mode in ("wrong-range", "aligned-range") and start:
+                # a 206 from another offset than asked: bytes 0-, or the start of its 64 KiB block
+                begin = 0 if mode == "wrong-range" else start - start % 65536
                 self.send_response(206)
-                self.send_header("Content-Range", f"bytes 0-{len(body) - 1}/{len(body)}")
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Range", f"bytes {begin}-{len(body) - 1}/{len(body)}")
+                self.send_header("Content-Length", str(len(body) - begin))
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(body[begin:])
                 return
             chunk = body[start:]
             self.send_response(206 if start else 200)
@@ -241,6 +243,15 @@ def test_download_resumes_partial_file(server, payload, tmp_path):
     assert server.state.ranges == ["bytes=200000-"]
     assert md5sum(path) == MD5
     assert not part.exists()
+
+
+def test_download_resumes_from_an_earlier_range_start(server, payload, tmp_path):
+    """A server that answers from the start of the 64 KiB block keeps the partial file up to there."""
+    server.set_mode("aligned-range")
+    (tmp_path / (FILENAME + ".part")).write_bytes(payload[:200_000])
+    path = download(server.remote(), tmp_path, attempts=1, backoff=0.01, timeout=5, progress=False)
+    assert md5sum(path) == MD5
+    assert server.state.count == 1 and server.state.ranges == ["bytes=200000-"]
 
 
 def test_download_resumes_after_dropped_connection(server, tmp_path):

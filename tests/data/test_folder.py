@@ -839,3 +839,117 @@ def test_folder_whose_name_contains_at_still_loads(tmp_path):
     _make_classes(root, {"a": 10, "b": 10})
     source = resolve(f"folder:{root}@16")
     assert source.info.class_names == ("a", "b")
+
+
+# --------------------------------------------------------------------------------------------
+# layouts and failures found in review
+# --------------------------------------------------------------------------------------------
+
+
+def _zip_of(path: Path, members: dict[str, bytes], compression=zipfile.ZIP_STORED) -> Path:
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def _class_pngs(n: int = 4, seed: int = 0) -> dict[str, bytes]:
+    rng = np.random.default_rng(seed)
+    return {f"{cls}/{i}.png": _png_bytes(_noise(rng)) for cls in ("A", "B") for i in range(n)}
+
+
+def test_zip_member_with_bad_crc_is_named_not_a_traceback(tmp_path):
+    members = _class_pngs()
+    path = _zip_of(tmp_path / "x.zip", members)
+    raw = bytearray(path.read_bytes())
+    offset = raw.index(members["A/0.png"][20:40])  # inside the stored bytes of A/0.png
+    raw[offset] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError) as info:
+        load_folder(path, size=16)
+    message = single_line(info.value)
+    assert "A/0.png" in message and "CRC" in message
+    data = load_folder(path, size=16, skip_bad=True)
+    assert [name for name, _ in data.bad_files] == ["A/0.png"] and len(data.labels) == 7
+
+
+def test_windows_and_dot_slash_zip_names_are_normalised(tmp_path):
+    members = _class_pngs()
+    windows = {name.replace("/", "\\"): data for name, data in members.items()}
+    dotted = {"./" + name: data for name, data in members.items()}
+    for label, entries in (("windows", windows), ("dotted", dotted)):
+        data = load_folder(_zip_of(tmp_path / f"{label}.zip", entries), size=16, use_cache=False)
+        assert data.class_names == ("A", "B") and len(data.labels) == 8
+        assert sorted(data.ids.tolist()) == sorted(members)
+
+
+def test_train_folder_without_class_folders_is_a_clear_error(tmp_path):
+    root = tmp_path / "ds"
+    rng = np.random.default_rng(0)
+    _save(root / "train" / "x1.png", _noise(rng))
+    _make_classes(root / "test", {"A": 3, "B": 3})
+    with pytest.raises(ValueError) as info:
+        resolve(f"folder:{root}@16")
+    message = single_line(info.value)
+    assert "train folder holds no class folders" in message
+
+
+def test_skip_bad_that_empties_a_split_is_a_clear_error(tmp_path):
+    root = tmp_path / "ds"
+    for cls in ("A", "B"):
+        (root / "train" / cls).mkdir(parents=True)
+        (root / "train" / cls / "0.png").write_bytes(b"not a png")
+    _make_classes(root / "test", {"A": 3, "B": 3})
+    with pytest.raises(ValueError) as info:
+        resolve(f"folder:{root}@16", skip_bad=True)
+    assert "no readable images left in the train folder" in single_line(info.value)
+
+
+def test_valid_folder_is_the_validation_split(tmp_path):
+    root = tmp_path / "ds"
+    _make_classes(root / "train", {"A": 10, "B": 10})
+    _make_classes(root / "valid", {"A": 7, "B": 7}, seed=1)
+    _make_classes(root / "test", {"A": 3, "B": 3}, seed=2)
+    source = resolve(f"folder:{root}@16")
+    assert source.split_method == "folders"
+    assert [len(source.splits[s]) for s in SPLIT_NAMES] == [20, 14, 6]
+    assert all(str(i).startswith("valid/") for i in source.splits["val"].ids)
+
+
+def test_unknown_folder_beside_split_folders_is_an_error(tmp_path):
+    root = tmp_path / "ds"
+    _make_classes(root / "train", {"A": 4, "B": 4})
+    _make_classes(root / "test", {"A": 2, "B": 2}, seed=1)
+    _make_classes(root / "holdout", {"A": 2, "B": 2}, seed=2)
+    with pytest.raises(ValueError) as info:
+        load_folder(root, size=16)
+    message = single_line(info.value)
+    assert "holdout/" in message and "train/" in message
+
+
+def test_two_validation_folders_are_an_error(tmp_path):
+    root = tmp_path / "ds"
+    _make_classes(root / "train", {"A": 4, "B": 4})
+    _make_classes(root / "val", {"A": 2, "B": 2}, seed=1)
+    _make_classes(root / "validation", {"A": 2, "B": 2}, seed=2)
+    with pytest.raises(ValueError, match="two val folders"):
+        load_folder(root, size=16)
+
+
+def test_unwritable_cache_warns_and_still_loads(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("MEDLENS_CACHE", str(blocker / "cache"))
+    root = tmp_path / "ds"
+    _make_classes(root, {"A": 10, "B": 10})
+    with pytest.warns(UserWarning, match="decode cache"):
+        data = load_folder(root, size=16)
+    assert len(data.labels) == 20
+
+
+def test_split_errors_name_the_class_folder(tmp_path):
+    root = tmp_path / "ds"
+    _make_classes(root, {"Common": 20, "Rare": 1})
+    with pytest.raises(ValueError) as info:
+        resolve(f"folder:{root}@16")
+    assert "class 'Rare' has 1" in single_line(info.value)

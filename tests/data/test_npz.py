@@ -50,7 +50,6 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     return path
 
 
-
 # --------------------------------------------------------------------------------------------
 # layouts
 # --------------------------------------------------------------------------------------------
@@ -548,3 +547,59 @@ def test_failed_mmap_streaming_leaves_no_temporary_file(tmp_path):
     with pytest.raises(Exception):
         load_npz_arrays(damaged, mmap_threshold=0)
     assert list((cache_root() / "npz").glob("*/*.tmp*")) == []
+
+
+# --------------------------------------------------------------------------------------------
+# cases found in review
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mmap_threshold", [None, 0], ids=["ram", "mmap"])
+def test_empty_split_resolves(tmp_path, mmap_threshold):
+    arrays = make_arrays("gray")
+    arrays["val_images"] = arrays["val_images"][:0]
+    arrays["val_labels"] = arrays["val_labels"][:0]
+    path = write_npz(tmp_path / "noval.npz", arrays)
+    source = resolve(f"npz:{path}", mmap_threshold=mmap_threshold)
+    assert len(source.splits["val"]) == 0 and source.splits["val"].images.shape == (0, 1, 28, 28)
+    assert len(source.splits["train"]) == N["train"]
+
+
+def test_fractional_labels_are_refused(tmp_path):
+    arrays = make_arrays("gray")
+    arrays["train_labels"] = arrays["train_labels"].astype(np.float32)
+    arrays["train_labels"][2, 0] = 0.7
+    path = write_npz(tmp_path / "frac.npz", arrays)
+    with pytest.raises(ValueError) as err:
+        resolve(f"npz:{path}")
+    assert "whole numbers" in single_line(err.value) and "0.7" in str(err.value)
+
+
+def test_one_class_npz_is_refused(tmp_path):
+    arrays = make_arrays("gray", n_classes=1)
+    path = write_npz(tmp_path / "one.npz", arrays)
+    with pytest.raises(ValueError) as err:
+        resolve(f"npz:{path}")
+    assert "1 class" in single_line(err.value) and "at least two" in str(err.value)
+
+
+def test_object_arrays_are_named_not_called_damage(tmp_path):
+    arrays = make_arrays("gray")
+    arrays["test_labels"] = np.array([{"label": 1}] * N["test"], dtype=object)
+    path = tmp_path / "objects.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError) as err:
+        resolve(f"npz:{path}")
+    message = single_line(err.value)
+    assert "test_labels" in message and "objects" in message and "damaged" not in message
+
+
+def test_unwritable_cache_is_not_reported_as_a_damaged_file(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("MEDLENS_CACHE", str(blocker / "cache"))
+    path = write_npz(tmp_path / "fine.npz", make_arrays("gray"))
+    with pytest.raises(OSError) as err:
+        load_npz_arrays(path, mmap_threshold=0)
+    message = single_line(err.value)
+    assert "cache" in message and "MEDLENS_CACHE" in message and "damaged" not in message

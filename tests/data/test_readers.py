@@ -398,3 +398,26 @@ def test_non_finite_values_do_not_crash():
     out = read_image(_npy_bytes(arr), "nan.npy", size=None)
     assert out.pixels.dtype == np.uint8
     assert out.pixels[7, 7] == 255
+
+
+def test_colour_npy_is_a_2d_image():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    decoded = read_image(_npy_bytes(rgb), "photo.npy", size=16)
+    assert decoded.spatial_dims == 2 and decoded.pixels.shape == (16, 16, 3)
+    rgba = np.concatenate([rgb, np.full((40, 50, 1), 255, np.uint8)], axis=-1)
+    assert read_image(_npy_bytes(rgba), "photo.npy", size=16).pixels.shape == (16, 16, 3)
+
+
+def test_nifti_orientation_is_canonical():
+    """The same anatomy stored left-right flipped (negative x in the affine) reads the same."""
+    import nibabel as nib
+
+    volume = np.arange(6 * 7 * 8, dtype=np.float32).reshape(6, 7, 8)
+    flipped_affine = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flipped_affine[0, 3] = 5.0
+    as_stored = nib.Nifti1Image(volume, affine=np.eye(4)).to_bytes()
+    mirrored = nib.Nifti1Image(volume[::-1].copy(), affine=flipped_affine).to_bytes()
+    a = read_image(as_stored, "a.nii", size=None).pixels
+    b = read_image(mirrored, "b.nii", size=None).pixels
+    np.testing.assert_array_equal(a, b)

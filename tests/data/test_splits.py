@@ -406,3 +406,18 @@ def test_duplicate_groups_work_on_strided_views():
     hwc[2] = hwc[0]
     chw = hwc.transpose(0, 3, 1, 2)  # non-contiguous view, as MedMNIST RGB is held
     np.testing.assert_array_equal(duplicate_groups(chw), [0, 1, 0, 3])
+
+
+@pytest.mark.parametrize("text", ["nan/0.5/0.5", "inf/0.1/0.1"])
+def test_parse_ratios_rejects_non_finite(text):
+    with pytest.raises(ValueError) as info:
+        parse_ratios(text)
+    assert text in single_line(info.value)
+
+
+def test_ratios_that_leave_too_few_training_rows_get_a_medlens_message():
+    labels = np.array([0] * 20 + [1] * 20)
+    with pytest.raises(ValueError) as info:
+        stratified_split(labels, ratios="0.02/0.49/0.49", seed=0)
+    message = single_line(info.value)
+    assert "training" in message and "0.02/0.49/0.49" in message

@@ -27,6 +27,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from medlens._io import atomic_path
 from medlens.data.registry import RemoteFile
 
 CHUNK = 1 << 20  # bytes read per network / disk step
@@ -87,10 +88,8 @@ def cached_md5(path: str | os.PathLike) -> str:
         pass
     digest = md5sum(path)
     try:
-        stamp.parent.mkdir(parents=True, exist_ok=True)
-        tmp = stamp.with_name(stamp.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({**mark, "md5": digest}))
-        os.replace(tmp, stamp)
+        with atomic_path(stamp) as tmp:
+            tmp.write_text(json.dumps({**mark, "md5": digest}))
     except OSError:
         pass  # a read-only cache only costs a re-hash next time
     return digest
@@ -198,13 +197,18 @@ def _fetch_into(url: str, part: Path, *, timeout: float, progress: bool) -> None
             return
         raise
     with response:
-        if have and (response.status != 206 or not _range_starts_at(response, have)):
-            have = 0  # server ignored the Range (or sent another one): start over
+        if have:
+            start = _range_start(response) if response.status == 206 else None
+            # A server may answer from an earlier offset (ranges aligned to blocks): keep the
+            # partial file up to there. Anything else (200, or a later start): start over.
+            have = start if start is not None and start <= have else 0
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
         bar = _progress_bar(part.name.removesuffix(".part"), total, have) if progress else None
         try:
-            with open(part, "ab" if have else "wb") as out:
+            with open(part, "r+b" if have else "wb") as out:
+                out.truncate(have)
+                out.seek(have)
                 # read1 returns what has arrived: bytes received before a stall are kept.
                 while block := response.read1(CHUNK):
                     out.write(block)
@@ -218,13 +222,13 @@ def _fetch_into(url: str, part: Path, *, timeout: float, progress: bool) -> None
         raise ConnectionError(f"connection closed after {size} of {total} bytes")
 
 
-def _range_starts_at(response, offset: int) -> bool:
-    """Whether a 206 response's Content-Range starts at ``offset`` (``bytes START-END/TOTAL``)."""
+def _range_start(response) -> int | None:
+    """First byte of a 206 response's ``Content-Range: bytes START-END/TOTAL``, or None."""
     value = response.headers.get("Content-Range", "")
     try:
-        return int(value.split()[1].split("-")[0]) == offset
+        return int(value.split()[1].split("-")[0])
     except (IndexError, ValueError):
-        return False
+        return None
 
 
 def _progress_bar(name: str, total: int | None, initial: int):

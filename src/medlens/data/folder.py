@@ -23,18 +23,24 @@ import hashlib
 import json
 import operator
 import os
+import warnings
 import zipfile
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from medlens._io import atomic_path
 from medlens.data.download import cache_root
 from medlens.data.readers import SUPPORTED_SUFFIXES, UnreadableImage, file_suffix, read_image
 from medlens.data.splits import duplicate_groups
 
 SPLIT_FOLDERS = ("train", "val", "test")
+# Folder names (lower case) taken as a split, as datasets on the web name them.
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                 "validation": "val", "test": "test", "testing": "test"}
 CACHE_VERSION = 2
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini", ".ds_store"}
 _PARALLEL_MIN_FILES = 2000  # below this, process start-up costs more than it saves
@@ -82,12 +88,14 @@ class _Tree:
                     f"folder:{path} is a file but not a .zip archive; give a directory of class "
                     "folders or a .zip of one"
                 )
+            self.members: dict[str, str] = {}  # normalised name -> name inside the archive
+            self.entries = {}
             with zipfile.ZipFile(path) as archive:
-                self.entries = {
-                    info.filename.rstrip("/"): (info.file_size, info.date_time)
-                    for info in archive.infolist()
-                    if not info.is_dir()
-                }
+                for info in archive.infolist():
+                    if not info.is_dir():
+                        name = _normalise(info.filename)
+                        self.members[name] = info.filename
+                        self.entries[name] = (info.file_size, info.date_time)
         else:
             self.entries = {}
             for dirpath, dirnames, filenames in os.walk(path):
@@ -96,6 +104,14 @@ class _Tree:
                     full = Path(dirpath, name)
                     stat = full.stat()
                     self.entries[full.relative_to(path).as_posix()] = (stat.st_size, stat.st_mtime_ns)
+
+
+def _normalise(name: str) -> str:
+    """Zip member name as a relative posix path: ``.\\A\\x.png`` (Windows tools) -> ``A/x.png``."""
+    name = name.replace("\\", "/").lstrip("/")
+    while name.startswith("./"):
+        name = name[2:].lstrip("/")
+    return name
 
 
 def _visible(rel: str) -> bool:
@@ -126,16 +142,29 @@ def _layout(names: list[str], where: str) -> tuple[str, dict[str, str]]:
         inner = f"{prefix}{subs[0]}/" if len(subs) == 1 else ""
         inner_images = inner and any(
             n.startswith(inner) and "/" not in n[len(inner):] and file_suffix(n) in SUPPORTED_SUFFIXES for n in names)
-        if len(subs) == 1 and not has_images and not inner_images and subs[0].lower() not in SPLIT_FOLDERS:
+        if len(subs) == 1 and not has_images and not inner_images and subs[0].lower() not in SPLIT_ALIASES:
             prefix = f"{prefix}{subs[0]}/"
             continue
         break
-    lower = {s.lower(): s for s in subs}
-    if "train" in lower:
-        return prefix, {s: f"{prefix}{lower[s]}/" for s in SPLIT_FOLDERS if s in lower}
-    if any(s in lower for s in ("val", "test")):
-        raise ValueError(f"{where} has {', '.join(subs)} folders but no train/ folder")
-    return prefix, {"": prefix}
+    splits: dict[str, str] = {}
+    for sub in subs:
+        split = SPLIT_ALIASES.get(sub.lower())
+        if split is None:
+            continue
+        if split in splits:
+            raise ValueError(f"{where} has two {split} folders ({splits[split].rstrip('/').rsplit('/', 1)[-1]}/ and "
+                             f"{sub}/); keep one")
+        splits[split] = f"{prefix}{sub}/"
+    if not splits:
+        return prefix, {"": prefix}
+    if "train" not in splits:
+        raise ValueError(f"{where} has {', '.join(s + '/' for s in subs)} but no train/ folder")
+    others = [sub for sub in subs if sub.lower() not in SPLIT_ALIASES
+              and any(n.startswith(f"{prefix}{sub}/") and file_suffix(n) in SUPPORTED_SUFFIXES for n in names)]
+    if others:
+        raise ValueError(f"{where} has split folders and also {', '.join(o + '/' for o in others)} with images; "
+                         "split folders are train/, val/ (or valid/, validation/) and test/")
+    return prefix, {split: splits[split] for split in SPLIT_FOLDERS if split in splits}
 
 
 def _list_images(tree: _Tree, where: str) -> tuple[list[str], list[int], list[str], tuple[str, ...]]:
@@ -148,6 +177,10 @@ def _list_images(tree: _Tree, where: str) -> tuple[list[str], list[int], list[st
         per_split[split] = {
             cls: [n for n in names if n.startswith(f"{prefix}{cls}/")] for cls in classes
         }
+    for split, classes in per_split.items():
+        if split and not any(classes.values()):
+            raise ValueError(f"{where}: the {split} folder holds no class folders with images; expected "
+                             f"{split}/<class>/image.png")
     class_names = tuple(sorted({c for classes in per_split.values() for c, f in classes.items() if f}))
     if not class_names:
         raise ValueError(
@@ -169,19 +202,29 @@ def _list_images(tree: _Tree, where: str) -> tuple[list[str], list[int], list[st
     return files, labels, tags, class_names
 
 
-def _decode_chunk(args: tuple[str, bool, list[str], int | None]) -> list[tuple[object, str | None, int]]:
-    """Worker: decode ``names`` from the tree at ``path``; (pixels or None, error, dims) each."""
+# What reading one archive member can raise besides OSError: bad CRC, corrupt deflate stream,
+# an unsupported compression method (Deflate64 from Windows Explorer), an encrypted member.
+_MEMBER_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
+
+
+def _decode_chunk(args: tuple[str, bool, list[tuple[str, str]], int | None]) -> list[tuple[object, str | None, int]]:
+    """Worker: decode ``(stored name, name)`` pairs from the tree at ``path``.
+
+    Returns (pixels or None, error or None, spatial dims) per file; a file that cannot be read
+    or decoded is an error entry, never an exception, so every bad file can be named at once.
+    """
     path, is_zip, names, size = args
     out = []
     archive = zipfile.ZipFile(path) if is_zip else None
     try:
-        for name in names:
+        for stored, name in names:
             try:
-                data = archive.read(name) if archive else Path(path, name).read_bytes()
+                data = archive.read(stored) if archive else Path(path, stored).read_bytes()
                 decoded = read_image(data, name, size=size)
                 out.append((decoded.pixels, None, decoded.spatial_dims))
-            except (UnreadableImage, OSError) as exc:
-                out.append((None, str(exc) or type(exc).__name__, 0))
+            except (UnreadableImage, OSError, *_MEMBER_ERRORS) as exc:
+                out.append((None, f"{type(exc).__name__}: {exc}" if isinstance(exc, _MEMBER_ERRORS)
+                            else str(exc) or type(exc).__name__, 0))
     finally:
         if archive:
             archive.close()
@@ -189,7 +232,8 @@ def _decode_chunk(args: tuple[str, bool, list[str], int | None]) -> list[tuple[o
 
 
 def _decode_all(tree: _Tree, names: list[str], size: int | None, workers: int):
-    chunks = [(str(tree.path), tree.is_zip, names[i:i + _CHUNK], size) for i in range(0, len(names), _CHUNK)]
+    pairs = [(tree.members[n] if tree.is_zip else n, n) for n in names]
+    chunks = [(str(tree.path), tree.is_zip, pairs[i:i + _CHUNK], size) for i in range(0, len(pairs), _CHUNK)]
     if workers > 1 and len(names) >= _PARALLEL_MIN_FILES:
         import multiprocessing
 
@@ -294,6 +338,10 @@ def load_folder(
     del pixels, decoded
     tag_arr = np.asarray(tags)[keep]
     split_of = {s: np.flatnonzero(tag_arr == s) for s in SPLIT_FOLDERS if (tag_arr == s).any()}
+    emptied = sorted({t for t in tags if t} - set(split_of))
+    if emptied:
+        raise ValueError(f"{where}: no readable images left in the {', '.join(emptied)} folder(s) after "
+                         "skipping the unreadable ones")
     data = FolderData(
         images=images,
         labels=np.asarray(labels, dtype=np.int64)[keep],
@@ -310,25 +358,28 @@ def load_folder(
 
 
 def _save_cached(cache_dir: Path, data: FolderData) -> None:
-    """Write to a temporary folder and rename it, so a cache entry is whole or absent."""
-    tmp = cache_dir.with_name(cache_dir.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    np.save(tmp / "images.npy", data.images)
-    np.save(tmp / "labels.npy", data.labels)
-    np.save(tmp / "ids.npy", data.ids)
-    np.save(tmp / "groups.npy", data.groups)
+    """Write the decoded arrays as one cache entry, whole or not at all.
+
+    A cache that cannot be written (read-only home, full disk) costs a decode next time, not
+    this load: the failure is a warning and the decoded data is returned all the same.
+    """
     meta = {
         "class_names": list(data.class_names),
         "split_of": {s: idx.tolist() for s, idx in data.split_of.items()},
         "bad_files": data.bad_files,
     }
-    (tmp / "meta.json").write_text(json.dumps(meta))
     try:
-        os.replace(tmp, cache_dir)
-    except OSError:  # another process cached it first
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_path(cache_dir) as tmp:
+            tmp.mkdir()
+            for name in ("images", "labels", "ids", "groups"):
+                with open(tmp / f"{name}.npy", "wb") as fh:
+                    np.save(fh, getattr(data, name))
+            (tmp / "meta.json").write_text(json.dumps(meta))
+    except OSError as exc:
+        if (cache_dir / "meta.json").exists():
+            return  # another process cached the same entry first
+        warnings.warn(f"could not write the decode cache in {cache_dir} ({exc}); the images will be "
+                      "decoded again next time (set $MEDLENS_CACHE to a writable folder)", stacklevel=3)
 
 
 def _load_cached(cache_dir: Path, key: str) -> FolderData:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medlens._io import atomic_path
 from medlens.data.download import cache_root
 from medlens.data.registry import SPLITS
 
@@ -33,6 +34,10 @@ DEFAULT_MMAP_THRESHOLD = 2 << 30  # bytes of uncompressed arrays above which a f
 _STREAM_CHUNK = 16 << 20  # bytes decompressed per step: bounds the memory streaming takes
 # What a damaged archive raises while reading: turned into one ValueError naming the file.
 _DAMAGE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError)
+
+
+class CacheWriteError(OSError):
+    """The uncompressed cache could not be written (no space, read-only folder): not damage."""
 
 
 def _read_member_header(fh) -> tuple[tuple[int, ...], np.dtype, bool]:
@@ -93,51 +98,61 @@ def load_npz_arrays(
         raise FileNotFoundError(f"{path} does not exist")
     header = read_npz_header(path)
     check_npz_keys(path, header)
+    objects = [key for key in REQUIRED_KEYS if header[key][1].hasobject]
+    if objects:
+        raise ValueError(f"{path}: {', '.join(objects)} hold Python objects, not numbers; MedMNIST "
+                         "arrays are uint8 images and integer labels")
     total = sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in header.values())
     try:
         if total <= mmap_threshold:
             with np.load(path, allow_pickle=False) as npz:
                 return {key: npz[key] for key in REQUIRED_KEYS}
-        return _mmap_from_cache(path)
+        return _mmap_from_cache(path, total)
+    except CacheWriteError:
+        raise
     except _DAMAGE_ERRORS as exc:
         raise ValueError(
             f"{path} is damaged ({type(exc).__name__}: {exc}); delete it and download it again"
         ) from exc
 
 
-def _mmap_from_cache(path: Path) -> dict[str, np.ndarray]:
+def _mmap_from_cache(path: Path, total: int) -> dict[str, np.ndarray]:
     stat = path.stat()
     tag = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     folder = cache_root() / "npz" / f"{path.stem}-{tag}"
-    folder.mkdir(parents=True, exist_ok=True)
     arrays = {}
     with zipfile.ZipFile(path) as archive:
         for key in REQUIRED_KEYS:
             target = folder / f"{key}.npy"
             if not target.exists():
-                _stream_member(archive, f"{key}.npy", target)
+                _stream_member(archive, f"{key}.npy", target, total)
             arrays[key] = np.load(target, mmap_mode="r")
     return arrays
 
 
-def _stream_member(archive: zipfile.ZipFile, member: str, target: Path) -> None:
-    """Decompress one ``.npy`` member into ``target`` chunk by chunk (bounded memory)."""
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    try:
-        with archive.open(member) as fh:
-            shape, fortran, dtype = _read_member_header(fh)
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape, fortran_order=fortran)
-            flat = out.reshape(-1, order="F" if fortran else "C").view(np.uint8)
-            pos = 0
-            while pos < flat.size:
-                block = fh.read(min(_STREAM_CHUNK, flat.size - pos))
-                if not block:
-                    raise ValueError(f"{archive.filename}: member {member} is truncated")
-                flat[pos:pos + len(block)] = np.frombuffer(block, dtype=np.uint8)
-                pos += len(block)
-            out.flush()
-            del flat, out
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _stream_member(archive: zipfile.ZipFile, member: str, target: Path, total: int) -> None:
+    """Copy one ``.npy`` member, decompressing chunk by chunk, to ``target`` (bounded memory).
+
+    The member already is a complete ``.npy`` file (header and data), so its bytes are copied
+    as they are; the zip's CRC check catches a damaged member at the end of the read. Plain file
+    writes (not writes into a memory map) turn a full disk into an error instead of a SIGBUS.
+    """
+    with archive.open(member) as source:
+        try:
+            with atomic_path(target) as tmp, open(tmp, "wb") as out:
+                while block := source.read(_STREAM_CHUNK):  # damage errors propagate as they are
+                    try:
+                        out.write(block)
+                    except OSError as exc:
+                        raise _cache_error(target.parent, total, exc) from exc
+        except PermissionError as exc:  # the cache folder itself cannot be created or written
+            raise _cache_error(target.parent, total, exc) from exc
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise _cache_error(target.parent, total, exc) from exc
+
+
+def _cache_error(folder: Path, total: int, exc: OSError) -> CacheWriteError:
+    return CacheWriteError(
+        f"cannot write the uncompressed cache in {folder} ({type(exc).__name__}: {exc}); it needs "
+        f"about {total / 2**30:.1f} GiB free; set $MEDLENS_CACHE to a writable folder with room"
+    )

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medlens._io import atomic_path
 from medlens._table import format_table
 from medlens.data.registry import SPLITS
 from medlens.data.source import Source
@@ -98,12 +99,10 @@ def montage(source: Source, *, per_class: int = 8, split: str = "train", view: s
 
 def save_montage(source: Source, out: str | os.PathLike, **kwargs) -> Path:
     """Write :func:`montage` as PNG to ``out`` (temporary name, then rename). Returns the path."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    montage(source, **kwargs).save(tmp, format="PNG")
-    os.replace(tmp, out)
-    return out
+    image = montage(source, **kwargs)
+    with atomic_path(out) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(out)
 
 
 def imbalance_warning(source: Source, *, ratio: float = DEFAULT_IMBALANCE_RATIO) -> str | None:

@@ -1,7 +1,12 @@
 """Decode one image file (bytes) into a uint8 array at a target size.
 
 Formats: PNG, JPEG, BMP, TIFF (Pillow) and DICOM (pydicom) as 2D; NIfTI (nibabel) and ``.npy``
-as 3D (a 2-D ``.npy`` is a 2D image). Readers take bytes, so files inside a zip archive and on
+as 3D (a 2-D ``.npy``, or ``(H, W, 3|4)``, is a 2D image).
+
+Intensities: 8-bit images are kept as they are. Anything wider (16-bit PNG/TIFF, float
+``.npy``, NIfTI, DICOM without a VOI window) is scaled per image from its own 0.5-99.5
+percentile range to 0-255, so brightness is comparable in shape, not in absolute units,
+across images; DICOM with a window uses the window (fixed units). Readers take bytes, so files inside a zip archive and on
 disk go through the same code. Every failure raises :class:`UnreadableImage` with a short reason.
 
 Output layout: 2D ``(H, W)`` grayscale or ``(H, W, 3)`` colour; 3D ``(D, H, W)``.
@@ -76,6 +81,9 @@ def read_image(data: bytes, name: str, *, size: int | None) -> Decoded:
             return Decoded(_resize_3d(_to_uint8(_nifti_volume(data)), size), 3)
         if suffix == ".npy":
             arr = _to_uint8(_npy_array(data))
+            if arr.ndim == 3 and arr.shape[-1] in (3, 4) and min(arr.shape[:2]) > 4:
+                # (H, W, 3|4): a colour picture, not a volume three slices deep (alpha dropped)
+                return Decoded(_gray_if_equal(_resize_2d(np.ascontiguousarray(arr[..., :3]), size)), 2)
             if arr.ndim == 2:
                 return Decoded(_resize_2d(arr, size), 2)
             return Decoded(_resize_3d(arr, size), 3)
@@ -207,12 +215,15 @@ def _dicom_window(ds) -> tuple[float, float] | None:
 
 
 def _nifti_volume(data: bytes) -> np.ndarray:
-    """NIfTI voxels as ``(D, H, W)`` float32: axes (x, y, z) become (z, y, x)."""
+    """NIfTI voxels as ``(D, H, W)`` float32: canonical (R, A, S) axes become (S, A, R)."""
     import nibabel as nib
 
     if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
-    volume = np.asarray(nib.Nifti1Image.from_bytes(data).dataobj, dtype=np.float32)
+    # Reorient to the closest canonical (RAS+) axes first, so volumes stored with different
+    # orientations come out the same way round.
+    image = nib.as_closest_canonical(nib.Nifti1Image.from_bytes(data))
+    volume = np.asarray(image.dataobj, dtype=np.float32)
     if volume.ndim == 4 and volume.shape[-1] == 1:
         volume = volume[..., 0]
     if volume.ndim != 3:

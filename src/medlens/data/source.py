@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medlens._io import atomic_path
 from medlens.data.download import cached_md5, data_root, download, verify_md5
 from medlens.data.npz import DEFAULT_MMAP_THRESHOLD, load_npz_arrays
 from medlens.data.registry import SPLITS, DatasetInfo, Task, get_dataset_info, list_datasets
@@ -113,7 +114,6 @@ class Source:
 
         Returns the path written. Reload with :func:`load_split_ids`.
         """
-        path = Path(path)
         record = {
             "spec": self.spec,
             "method": self.split_method,
@@ -122,11 +122,9 @@ class Source:
             "fingerprint": self.fingerprint,
             "splits": {name: split.ids.tolist() for name, split in self.splits.items()},
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
-        return path
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(record, indent=1))
+        return Path(path)
 
 
 def load_split_ids(path: str | os.PathLike) -> dict[str, list[str]]:
@@ -223,12 +221,14 @@ def _npz_info(path: Path, arrays: dict[str, np.ndarray]) -> DatasetInfo:
     if stem in list_datasets():
         return get_dataset_info(stem)
     images, labels = arrays["train_images"], arrays["train_labels"]
-    labels2d = labels.reshape(len(labels), -1)
+    labels2d = _as_2d(labels)
     if labels2d.shape[1] > 1:
         task, names = Task.MULTILABEL, tuple(f"label_{i}" for i in range(labels2d.shape[1]))
     else:
         all_labels = np.concatenate([arrays[f"{s}_labels"].reshape(-1) for s in SPLITS])
-        n_classes = int(all_labels.max()) + 1
+        n_classes = int(all_labels.max()) + 1 if all_labels.size else 0
+        if n_classes < 2:
+            raise ValueError(f"{path}: labels hold {n_classes} class(es); a classifier needs at least two")
         task = Task.BINARY if n_classes == 2 else Task.MULTICLASS
         names = tuple(str(i) for i in range(n_classes))
     rgb = images.ndim == 4 and images.shape[-1] == 3
@@ -277,9 +277,24 @@ def _medmnist_source(spec: str, info: DatasetInfo, arrays: dict[str, np.ndarray]
                   fingerprint=fingerprint)
 
 
+def _as_2d(labels: np.ndarray) -> np.ndarray:
+    """Labels as ``(N, K)``: ``(N,)`` -> ``(N, 1)``; works for empty splits too."""
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        return labels[:, None]
+    if labels.ndim != 2:
+        raise ValueError(f"labels have shape {labels.shape}; expected (N,), (N, 1) or (N, K)")
+    return labels
+
+
 def _labels_for_task(labels: np.ndarray, info: DatasetInfo, where: str) -> np.ndarray:
     """MedMNIST ``(N, 1)``/``(N, K)`` labels -> int64 ``(N,)`` or uint8 ``(N, K)``; range-checked."""
-    labels = labels.reshape(len(labels), -1)
+    labels = _as_2d(labels)
+    if labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):
+        raise ValueError(f"{where}: labels must be whole numbers (class ids), found fractional values "
+                         f"such as {labels[labels != np.round(labels)][0]:g}")
+    if labels.dtype.kind not in "biuf":
+        raise ValueError(f"{where}: labels have dtype {labels.dtype}; expected integer class ids")
     if info.task is Task.MULTILABEL:
         if labels.shape[1] != info.n_classes or not np.isin(labels, (0, 1)).all():
             raise ValueError(f"{where}: multi-label rows must be 0/1 vectors of length {info.n_classes}, got shape {labels.shape}")
@@ -321,16 +336,19 @@ def _folder_rows(data, *, ratios, seed, groups) -> tuple[dict[str, np.ndarray], 
     """
     present = dict(data.split_of)
     if not present:  # class folders at the top: medlens makes the whole split
-        return stratified_split(data.labels, ratios=ratios, seed=seed, groups=groups), "stratified"
+        return stratified_split(data.labels, ratios=ratios, seed=seed, groups=groups,
+                                class_names=data.class_names), "stratified"
     if set(present) == {"train"}:
         train = present["train"]
-        parts = stratified_split(data.labels[train], ratios=ratios, seed=seed, groups=groups[train])
+        parts = stratified_split(data.labels[train], ratios=ratios, seed=seed, groups=groups[train],
+                                 class_names=data.class_names)
         return {name: train[idx] for name, idx in parts.items()}, "stratified"
     method = "folders"
     for missing, share in (("test", ratios[2]), ("val", ratios[1])):
         if missing not in present:
             present["train"], present[missing] = carve_validation(
-                data.labels, present["train"], fraction=share / (ratios[0] + share), seed=seed, groups=groups)
+                data.labels, present["train"], fraction=share / (ratios[0] + share), seed=seed, groups=groups,
+                class_names=data.class_names)
             method += f"+{missing}"
     return present, method
 

@@ -14,6 +14,9 @@ Example:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 
 DEFAULT_RATIOS = (0.8, 0.1, 0.1)
@@ -29,7 +32,7 @@ def parse_ratios(text: str | tuple[float, ...] | list[float]) -> tuple[float, fl
         values = [float(v) for v in (text.replace(",", "/").split("/") if isinstance(text, str) else text)]
     except (TypeError, ValueError):
         raise ValueError(f"split ratios must be three numbers like 0.8/0.1/0.1, got {text!r}") from None
-    if len(values) != 3 or min(values) <= 0:
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
         raise ValueError(f"split ratios must be three positive numbers train/val/test like 0.8/0.1/0.1, got {text!r}")
     total = sum(values)
     if abs(total - 100) < 1e-6:
@@ -62,11 +65,14 @@ def stratify_key(labels: np.ndarray, *, min_count: int = 2) -> np.ndarray:
     return np.where(rare, -1, key)
 
 
-def _check_stratifiable(key: np.ndarray, need: int, what: str) -> None:
+def _check_stratifiable(key: np.ndarray, need: int, what: str, class_names: Sequence[str] | None = None) -> None:
     values, counts = np.unique(key, return_counts=True)
     small = [(v, c) for v, c in zip(values, counts) if c < need]
     if small:
-        listed = ", ".join(f"class {v} has {c}" for v, c in small[:5])
+        def name(v: int) -> str:
+            return f"class {class_names[v]!r}" if class_names is not None and 0 <= v < len(class_names) else f"class {v}"
+
+        listed = ", ".join(f"{name(int(v))} has {c}" for v, c in small[:5])
         raise ValueError(f"{what} needs at least {need} images per class; {listed}")
 
 
@@ -99,6 +105,7 @@ def stratified_split(
     ratios: tuple[float, float, float] = DEFAULT_RATIOS,
     seed: int = 0,
     groups: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Split row indices into train/val/test, stratified by class.
 
@@ -108,6 +115,7 @@ def stratified_split(
         seed: random seed; same seed and labels give the same split everywhere.
         groups: optional ``(N,)`` ids; rows sharing an id (identical images) always land in
             the same split. Splitting is stratified on one representative per group.
+        class_names: optional names by class id, used in error messages.
 
     Returns:
         ``{"train": idx, "val": idx, "test": idx}``, sorted int64 arrays, disjoint, covering all.
@@ -119,13 +127,14 @@ def stratified_split(
     everything = np.arange(len(labels))
     reps = _representatives(everything, groups)
     key = stratify_key(labels[reps], min_count=3)
-    _check_stratifiable(key, 3, f"a stratified {train_r:g}/{val_r:g}/{test_r:g} split")
+    _check_stratifiable(key, 3, f"a stratified {train_r:g}/{val_r:g}/{test_r:g} split", class_names)
     # Whole counts, computed here: scikit-learn rounds a float test_size up (ceil), so
     # 0.15 / 0.85 of 85 rows would give 16 validation rows instead of 15.
     n = len(reps)
     n_test, n_val = max(1, round(n * test_r)), max(1, round(n * val_r))
-    _check_room(key, min(n_test, n_val), f"a stratified {train_r:g}/{val_r:g}/{test_r:g} split of {n} images",
-                f"gives {n_val} validation and {n_test} test images")
+    _check_room(key, min(n_test, n_val, n - n_test - n_val),
+                f"a stratified {train_r:g}/{val_r:g}/{test_r:g} split of {n} images",
+                f"gives {n - n_test - n_val} training, {n_val} validation and {n_test} test images")
     position = np.arange(n)
     rest, test = train_test_split(position, test_size=n_test, stratify=key, random_state=seed)
     train, val = train_test_split(rest, test_size=n_val, stratify=key[rest], random_state=seed)
@@ -140,6 +149,7 @@ def carve_validation(
     fraction: float = DEFAULT_RATIOS[1] / (DEFAULT_RATIOS[0] + DEFAULT_RATIOS[1]),
     seed: int = 0,
     groups: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Take a stratified validation part out of ``train_index`` (for train/test-only sources).
 
@@ -150,6 +160,7 @@ def carve_validation(
             leaves train:val at 0.8:0.1 as in the default ratios.
         seed: random seed.
         groups: optional ``(N,)`` ids of identical images, kept on one side together.
+        class_names: optional names by class id, used in error messages.
 
     Returns:
         (train rows, validation rows), sorted and disjoint.
@@ -161,15 +172,16 @@ def carve_validation(
     train_index = np.asarray(train_index)
     reps = _representatives(train_index, groups)
     key = stratify_key(np.asarray(labels)[reps])
-    _check_stratifiable(key, 2, "carving a stratified validation split from train")
+    _check_stratifiable(key, 2, "carving a stratified validation split from train", class_names)
     n_val = max(1, round(len(reps) * fraction))
-    _check_room(key, n_val, f"carving {fraction:.3g} of {len(reps)} training images", f"gives {n_val} validation images")
+    _check_room(key, min(n_val, len(reps) - n_val), f"carving {fraction:.3g} of {len(reps)} training images", f"gives {len(reps) - n_val} training and {n_val} validation images")
     train, val = train_test_split(reps, test_size=n_val, stratify=key, random_state=seed)
     return _expand(train, train_index, groups), _expand(val, train_index, groups)
 
 
 def kfold_indices(
-    labels: np.ndarray, *, n_splits: int = 5, seed: int = 0, groups: np.ndarray | None = None
+    labels: np.ndarray, *, n_splits: int = 5, seed: int = 0, groups: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified k-fold: a list of ``(train rows, validation rows)``, one pair per fold.
 
@@ -187,7 +199,7 @@ def kfold_indices(
     everything = np.arange(len(labels))
     reps = _representatives(everything, groups)
     key = stratify_key(labels[reps], min_count=n_splits)
-    _check_stratifiable(key, n_splits, f"{n_splits}-fold cross-validation")
+    _check_stratifiable(key, n_splits, f"{n_splits}-fold cross-validation", class_names)
     folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     return [(_expand(reps[tr], everything, groups), _expand(reps[va], everything, groups))
             for tr, va in folds.split(np.zeros(len(key)), key)]
