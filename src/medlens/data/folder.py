@@ -304,7 +304,8 @@ def load_folder(
         raise ValueError(f"channels must be 1 or 3 (or unset to decide from the images), got {channels!r}")
     tree = _Tree(path)
     files, labels, tags, class_names = _list_images(tree, where)
-    archive_stamp = (path.stat().st_size, path.stat().st_mtime_ns) if tree.is_zip else None
+    stat = path.stat()
+    archive_stamp = (stat.st_size, stat.st_mtime_ns) if tree.is_zip else None
     key = hashlib.sha256(
         json.dumps([CACHE_VERSION, str(path.resolve()), archive_stamp, size, channels, skip_bad,
                     [(f, tree.entries[f]) for f in files]], default=str).encode()

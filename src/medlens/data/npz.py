@@ -145,9 +145,8 @@ def _stream_member(archive: zipfile.ZipFile, member: str, target: Path, total: i
                         out.write(block)
                     except OSError as exc:
                         raise _cache_error(target.parent, total, exc) from exc
-        except PermissionError as exc:  # the cache folder itself cannot be created or written
-            raise _cache_error(target.parent, total, exc) from exc
-        except (FileNotFoundError, NotADirectoryError) as exc:
+        except (PermissionError, FileNotFoundError, NotADirectoryError) as exc:
+            # the cache folder itself cannot be created or written
             raise _cache_error(target.parent, total, exc) from exc
 
 

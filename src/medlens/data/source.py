@@ -315,8 +315,7 @@ def _resolve_folder(target: str, *, size, seed, ratios, channels, skip_bad) -> S
     groups = data.groups
     rows, method = _folder_rows(data, ratios=ratios, seed=seed, groups=groups)
     images = data.images
-    splits = {name: TensorSplit(images[idx], data.labels[idx], data.ids[idx]) for name, idx in rows.items()}
-    splits = {name: splits[name] for name in SPLITS}
+    splits = {name: TensorSplit(images[rows[name]], data.labels[rows[name]], data.ids[rows[name]]) for name in SPLITS}
     n_channels, spatial_dims = images.shape[1], images.ndim - 2
     info = DatasetInfo(
         name=Path(target).name, task=Task.BINARY if len(data.class_names) == 2 else Task.MULTICLASS,
