@@ -67,13 +67,19 @@ class BatchLoader:
         drop_last: drop a final short batch.
         weights: optional ``(N,)`` sampling weights: each epoch draws ``N`` rows with replacement
             in proportion to them (oversampling); implies shuffling.
+        num_replicas: processes sharing the epoch (DDP); each takes every ``num_replicas``-th
+            row of the same epoch order, starting at ``rank``. The order is padded by wrapping
+            around so every process gets the same number of batches (as torch's
+            ``DistributedSampler`` does).
+        rank: this process's index in ``[0, num_replicas)``.
 
     Yields:
         ``(images, labels)``: uint8 ``(B, C, ...)`` and int64 ``(B,)`` or float32 ``(B, K)``.
     """
 
     def __init__(self, split: TensorSplit, *, batch_size: int = 128, shuffle: bool = False, seed: int = 0,
-                 drop_last: bool = False, weights: np.ndarray | None = None):
+                 drop_last: bool = False, weights: np.ndarray | None = None, num_replicas: int = 1,
+                 rank: int = 0):
         try:
             size = operator.index(batch_size)  # accepts numpy integers, refuses floats
         except TypeError:
@@ -86,6 +92,10 @@ class BatchLoader:
             if (weights.shape != (len(split),) or not np.isfinite(weights).all() or (weights < 0).any()
                     or weights.sum() <= 0):
                 raise ValueError(f"weights must be {len(split)} finite non-negative numbers with a positive sum")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, num_replicas); got rank {rank} of {num_replicas}")
+        self.num_replicas = num_replicas
+        self.rank = rank
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -94,8 +104,11 @@ class BatchLoader:
         self.weights = weights
         self.epoch = 0
 
+    def _rows_per_replica(self) -> int:
+        return -(-len(self.split) // self.num_replicas)
+
     def __len__(self) -> int:
-        n = len(self.split)
+        n = self._rows_per_replica()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def order(self, epoch: int) -> np.ndarray:
@@ -106,9 +119,18 @@ class BatchLoader:
             return rng.choice(n, size=n, replace=True, p=self.weights / self.weights.sum())
         return rng.permutation(n) if self.shuffle else np.arange(n)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration epoch ``epoch`` (a resumed run restarts at its epoch)."""
+        self.epoch = epoch
+
     def __iter__(self):
+        # A generator: the order is drawn at the first ``next()``, so a ``set_epoch`` made after
+        # ``iter()`` but before the first batch still counts (Lightning creates iterators early).
         order = self.order(self.epoch)
         self.epoch += 1
+        if self.num_replicas > 1:
+            total = self._rows_per_replica() * self.num_replicas
+            order = np.resize(order, total)[self.rank::self.num_replicas]  # wrap-around padding
         stop = len(self) * self.batch_size if self.drop_last else len(order)
         for start in range(0, stop, self.batch_size):
             # Sorted rows read a memory-mapped file forwards; order within a batch does not matter.

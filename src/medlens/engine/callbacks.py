@@ -1,0 +1,120 @@
+"""Lightning callbacks of a run: the recorder (history, checkpoints, tracking) and the progress bar."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar
+
+from medlens.engine.checkpoint import ModelCard, save_model
+from medlens.engine.tracking import Tracker, write_history
+
+log = logging.getLogger("medlens")
+
+
+def _unwrap(model):
+    """The plain module under ``torch.compile`` (its state_dict keys carry no ``_orig_mod.``)."""
+    return getattr(model, "_orig_mod", model)
+
+
+class RunRecorder(Checkpoint):
+    """At the end of every epoch (after validation and the schedule step), on the main process:
+    append a row to ``history.csv``, log it to MLflow and ``train.log``, save the best and last
+    model checkpoints and the resume state.
+
+    It subclasses Lightning's ``Checkpoint`` so that Lightning runs it after the module's own
+    epoch-end hook (which steps the schedule) and after early stopping: the saved state is then
+    exactly the state the next epoch starts from.
+
+    Args:
+        run_dir: the run folder.
+        card: the model card; metrics are filled in per save.
+        monitor: ``val_auc``, ``val_acc`` or ``val_loss``.
+        mode: ``max`` or ``min``.
+        tracker: MLflow tracker (disabled on non-zero ranks).
+    """
+
+    def __init__(self, run_dir: Path, card: ModelCard, monitor: str, mode: str, tracker: Tracker):
+        self.run_dir = Path(run_dir)
+        self.card = card
+        self.monitor = monitor
+        self.mode = mode
+        self.tracker = tracker
+        self.rows: list[dict] = []
+        self.best_score = -math.inf if mode == "max" else math.inf
+        self.best_epoch = -1
+
+    def _better(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        return value > self.best_score if self.mode == "max" else value < self.best_score
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        train_metrics = dict(getattr(pl_module, "train_epoch_metrics", {}))
+        seconds = time.perf_counter() - pl_module._epoch_start
+        row = {"epoch": trainer.current_epoch, **{k: train_metrics.get(k, math.nan) for k in
+                                                  ("train_loss", "train_acc", "train_auc")},
+               "val_loss": metrics.get("val_loss", math.nan), "val_acc": metrics.get("val_acc", math.nan),
+               "val_auc": metrics.get("val_auc", math.nan), "lr": train_metrics.get("lr", math.nan),
+               "seconds": seconds, "images_per_second": pl_module.last_train_images_per_second}
+        for key in ("val_acc", "val_auc", "val_loss"):  # the module logs +-inf for an undefined metric
+            if math.isinf(row[key]):
+                row[key] = math.nan
+        self.rows.append(row)
+        value = row[self.monitor]
+        improved = self._better(value) or self.best_epoch < 0
+        if improved:
+            self.best_score = value if not math.isnan(value) else self.best_score
+            self.best_epoch = trainer.current_epoch
+        checkpoints = self.run_dir / "checkpoints"
+        if trainer.is_global_zero:
+            epoch_metrics = {"epoch": trainer.current_epoch, **{k: row[k] for k in ("val_loss", "val_acc", "val_auc")}}
+            model = _unwrap(pl_module.model)
+            if improved:
+                save_model(model, replace(self.card, metrics=epoch_metrics), checkpoints / "best.safetensors")
+            save_model(model, replace(self.card, metrics=epoch_metrics), checkpoints / "last.safetensors")
+        # Every process calls this (under DDP it synchronises them); only the main one writes.
+        trainer.save_checkpoint(checkpoints / "resume.safetensors", weights_only=False)
+        if not trainer.is_global_zero:
+            return
+        write_history(self.rows, self.run_dir / "history.csv")
+        self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=trainer.current_epoch)
+        log.info("epoch %d: train loss %.4f | val loss %.4f ACC %.4f AUC %.4f | lr %.3g | %.1f s, %.0f img/s%s",
+                 row["epoch"], row["train_loss"], row["val_loss"], row["val_acc"], row["val_auc"], row["lr"],
+                 row["seconds"], row["images_per_second"], "  *best*" if improved else "")
+
+    def state_dict(self) -> dict:
+        return {"rows": self.rows, "best_score": self.best_score, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.rows = [dict(row) for row in state_dict["rows"]]
+        self.best_score = state_dict["best_score"]
+        self.best_epoch = state_dict["best_epoch"]
+
+
+class EpochProgressBar(TQDMProgressBar):
+    """One bar per epoch showing the running training loss and images per second."""
+
+    def __init__(self):
+        super().__init__(leave=False)
+
+    def init_train_tqdm(self):
+        bar = super().init_train_tqdm()
+        bar.file = sys.stderr
+        return bar
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        seen = float(pl_module._loss_sum[1])
+        if seen:
+            items["loss"] = f"{float(pl_module._loss_sum[0]) / seen:.4f}"
+            elapsed = time.perf_counter() - pl_module._epoch_start
+            items["img/s"] = f"{seen / elapsed:.0f}" if elapsed > 0 else "-"
+        return items

@@ -1,0 +1,370 @@
+"""``train(config, out)``: one training run, from a dataset spec to a finished run folder.
+
+The run folder::
+
+    config.yaml        the resolved RunConfig (all --resume needs)
+    splits.json        image ids of each split
+    history.csv        per epoch: train/val loss, ACC, AUC, LR, seconds, images/s
+    train.log          what happened, in words
+    checkpoints/       best.safetensors + best.json   (best by train.monitor; the model card)
+                       last.safetensors + last.json   (the last epoch)
+                       resume.safetensors + resume.json (optimizer, schedule, loops: for --resume)
+    metrics.json       at the end: best epoch, val and test ACC/AUC of the best checkpoint
+
+Example:
+    >>> from medlens.engine.config import build_config
+    >>> cfg = build_config({"data": {"spec": "breastmnist"}, "model": {"name": "cnn_small"},
+    ...                     "train": {"epochs": 2}})
+    >>> result = train(cfg, "runs/example")                       # doctest: +SKIP
+    >>> result.metrics["test"]["auc"]                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medlens._io import atomic_path
+from medlens.engine.config import RunConfig, load_run_config, write_yaml
+
+log = logging.getLogger("medlens")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        run_dir: the run folder.
+        metrics: the content of ``metrics.json``.
+        best_checkpoint: ``run_dir/checkpoints/best.safetensors``.
+    """
+
+    run_dir: Path
+    metrics: dict
+    best_checkpoint: Path
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "config.yaml").is_file()
+
+
+def _setup_log(run_dir: Path, rank: int) -> logging.Handler | None:
+    if rank != 0:
+        return None
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def _say(message: str, rank: int) -> None:
+    """Log to train.log, and print to stderr on the main process."""
+    log.info(message)
+    if rank == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _global_rank() -> int:
+    """0 in the process the user started; > 0 in processes a DDP launcher started (they set these)."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    return int(os.environ.get("NODE_RANK", "0")) * 1000 + int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def train(config: RunConfig, out: str | os.PathLike) -> TrainResult:
+    """Train a new run into ``out`` (which must not hold a run yet).
+
+    Raises:
+        FileExistsError: ``out`` already holds a run (continue it with :func:`resume`).
+        ValueError: a bad option (unknown model, loss that does not fit the task, 3D model on
+            2D data, ...), named in the message.
+    """
+    run_dir = Path(out)
+    if _is_run(run_dir) and _global_rank() == 0:
+        raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                              "or choose another --out")
+    return _run(config, run_dir, resume=False)
+
+
+def resume(run_dir: str | os.PathLike) -> TrainResult:
+    """Continue an interrupted run from its last completed epoch.
+
+    Optimizer, schedule, loop counters and history come back from ``checkpoints/resume``;
+    batch order, augmentation and dropout are reseeded from ``(seed, epoch)``, so the run ends
+    with the same weights as one that was never interrupted.
+    """
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    state = run_dir / "checkpoints" / "resume.safetensors"
+    if not state.is_file():
+        raise FileNotFoundError(f"{run_dir} has no checkpoints/resume.safetensors: it stopped before its first "
+                                "epoch ended; start it again without --resume")
+    return _run(config, run_dir, resume=True)
+
+
+def _run(config: RunConfig, run_dir: Path, *, resume: bool) -> TrainResult:
+    rank = _global_rank()
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = _setup_log(run_dir, rank)
+    try:
+        with _quiet_lightning():
+            return _train_in(config, run_dir, resume=resume, rank=rank)
+    except BaseException:
+        if created and rank == 0 and not _is_run(run_dir):
+            # Failed before the run existed (a bad option, missing data): leave nothing behind.
+            if handler is not None:
+                log.removeHandler(handler)
+                handler.close()
+                handler = None
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Hide Lightning's start-up chatter (GPU/TPU lines, tips) and warnings that do not apply."""
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        # Every process computes validation metrics on the whole split: nothing to synchronise.
+        warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+        warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+        # medlens iterates its own BatchLoader, which batches in the main process on purpose.
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        try:
+            yield
+        finally:
+            lightning_log.setLevel(level)
+
+
+def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int) -> TrainResult:
+    import lightning.pytorch as pl
+
+    from medlens.data.augment import channel_stats
+    from medlens.data.source import resolve
+    from medlens.engine.callbacks import EpochProgressBar, RunRecorder
+    from medlens.engine.checkpoint import ModelCard, safetensors_checkpoint_io
+    from medlens.engine.losses import create_loss, default_loss
+    from medlens.engine.module import ClassifierModule
+    from medlens.engine.tracking import Tracker, default_tracking_uri
+    from medlens.models import create_model, get_model_spec
+
+    cfg = config
+    pl.seed_everything(cfg.train.seed, verbose=False)
+    data = cfg.data
+    source = resolve(data.spec, root=data.root, size=data.size, seed=data.split_seed, ratios=data.ratios,
+                     channels=data.channels)
+    for warning in source.warnings:
+        _say(f"warning: {warning}", rank)
+    info = source.info
+    task = info.task
+    train_split = source.splits["train"]
+    spatial_dims = train_split.images.ndim - 2
+    in_channels = int(train_split.images.shape[1])
+    num_classes = info.n_classes
+
+    spec = get_model_spec(cfg.model.name)  # unknown model: ValueError listing the valid ones
+    model = create_model(cfg.model.name, in_channels=in_channels, num_classes=num_classes,
+                         spatial_dims=spatial_dims, input_size=source.size, **cfg.model.kwargs)
+    loss_name = default_loss(task) if cfg.optim.loss == "auto" else cfg.optim.loss
+    if cfg.augment.mixup > 0 and loss_name == "aucm":
+        raise ValueError("augment.mixup does not work with loss 'aucm' (it needs hard labels); "
+                         "set mixup to 0 or use ce/bce/focal")
+    class_weights = _class_weights(cfg, train_split.labels, num_classes)
+    loss_kwargs = {}
+    if loss_name == "focal":
+        loss_kwargs["gamma"] = cfg.optim.focal_gamma
+    if loss_name == "aucm":
+        loss_kwargs["margin"] = cfg.optim.aucm_margin
+        loss_kwargs["imratio"] = _positive_ratio(train_split.labels)
+    loss = create_loss(loss_name, task=task, num_classes=num_classes, class_weights=class_weights, **loss_kwargs)
+    _say(f"medlens train: {source.spec} ({task.value}, {num_classes} classes, "
+         f"{in_channels}x{source.size}px {spatial_dims}D; train {len(train_split)}, "
+         f"val {len(source.splits['val'])}, test {len(source.splits['test'])}) -> {cfg.model.name}, "
+         f"loss {loss_name}, {cfg.optim.optimizer} lr {cfg.optim.lr}, {cfg.train.epochs} epochs", rank)
+    if class_weights is not None:
+        listed = ", ".join(f"{name} {w:.3f}" for name, w in zip(info.class_names, class_weights.tolist()))
+        _say(f"class weights (balanced): {listed}", rank)
+
+    normalisation = channel_stats(train_split.images)
+    if resume:
+        started_on = json.loads((run_dir / "splits.json").read_text()).get("fingerprint")
+        if started_on != source.fingerprint:
+            raise ValueError(f"the data of {data.spec} changed since {run_dir} started (fingerprint "
+                             f"{source.fingerprint[:12]} vs {str(started_on)[:12]}); start a new run instead")
+    elif rank == 0:
+        write_yaml(cfg, run_dir / "config.yaml")
+        source.save_splits(run_dir / "splits.json")
+
+    card = ModelCard(
+        architecture=cfg.model.name, model_kwargs=dict(cfg.model.kwargs), task=task.value,
+        class_names=list(info.class_names), in_channels=in_channels, spatial_dims=spatial_dims,
+        input_size=source.size, normalisation=normalisation.to_dict(),
+        dataset={"spec": source.spec, "fingerprint": source.fingerprint, "split_method": source.split_method,
+                 "sizes": {k: len(v) for k, v in source.splits.items()}},
+        config=cfg.to_dict(), versions=_versions(),
+    )
+
+
+    if cfg.model.pretrain == "autoencoder" and not resume:
+        from medlens.engine.pretrain import pretrain_autoencoder
+
+        pretrain_autoencoder(model, train_split, cfg, normalisation, spatial_dims, in_channels, source.size,
+                             run_dir, say=lambda m: _say(m, rank))
+    if spec.channels_last and spatial_dims == 2 and cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.model.compile:
+        model = torch.compile(model)
+
+    module = ClassifierModule(model, loss, config=cfg, task=task, normalisation=normalisation,
+                              spatial_dims=spatial_dims, num_classes=num_classes)
+    datamodule = _DataModule(source, cfg, oversample=cfg.data.oversample, num_classes=num_classes)
+    uri = cfg.train.tracking_uri or default_tracking_uri(run_dir)
+    tracker = Tracker(uri, run_dir, cfg.to_dict()) if rank == 0 else Tracker("none", run_dir, {})
+    recorder = RunRecorder(run_dir, card, cfg.train.monitor, cfg.train.monitor_mode, tracker)
+    callbacks = [recorder]
+    if cfg.train.early_stop:
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        callbacks.append(EarlyStopping(monitor=cfg.train.monitor, mode=cfg.train.monitor_mode,
+                                       patience=cfg.train.early_stop, check_on_train_epoch_end=True,
+                                       check_finite=False))
+    if cfg.train.progress:
+        callbacks.append(EpochProgressBar())
+    trainer = pl.Trainer(
+        accelerator="auto", devices=cfg.train.devices, strategy=cfg.train.strategy,
+        num_nodes=cfg.train.num_nodes, precision=cfg.train.precision, max_epochs=cfg.train.epochs,
+        logger=False, callbacks=callbacks, enable_progress_bar=cfg.train.progress,
+        enable_model_summary=False, num_sanity_val_steps=0, gradient_clip_val=cfg.optim.grad_clip,
+        plugins=[safetensors_checkpoint_io()], default_root_dir=str(run_dir), use_distributed_sampler=False,
+    )
+    state = run_dir / "checkpoints" / "resume.safetensors"
+    status = "FAILED"
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(state) if resume else None)
+        status = "FINISHED"
+    finally:
+        if rank == 0 and status != "FINISHED":
+            tracker.finish([], status="FAILED")
+    if not trainer.is_global_zero:
+        return TrainResult(run_dir, {}, run_dir / "checkpoints" / "best.safetensors")
+    metrics = _final_metrics(run_dir, source, task, recorder, spatial_dims, cfg)
+    tracker.log_metrics({f"{split}_{k}": v for split in ("val", "test") for k, v in metrics[split].items()},
+                        step=metrics["epochs_run"])
+    tracker.finish([run_dir / "metrics.json", run_dir / "config.yaml", run_dir / "history.csv",
+                    run_dir / "checkpoints" / "best.json"])
+    _say(f"done in {metrics['seconds']:.0f} s: best epoch {metrics['best_epoch']}, "
+         f"val ACC {metrics['val']['acc']:.3f} AUC {metrics['val']['auc']:.3f}, "
+         f"test ACC {metrics['test']['acc']:.3f} AUC {metrics['test']['auc']:.3f} -> {run_dir}", rank)
+    return TrainResult(run_dir, metrics, run_dir / "checkpoints" / "best.safetensors")
+
+
+def _versions() -> dict:
+    import lightning
+
+    from medlens import __version__
+
+    return {"medlens": __version__, "torch": torch.__version__, "lightning": lightning.__version__}
+
+
+def _positive_ratio(labels: np.ndarray) -> float | list[float]:
+    """Fraction of positives (AUCM's ``imratio``): binary class 1, or one per label."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return [float(v) for v in labels.mean(axis=0)]
+    return float((labels == 1).mean())
+
+
+def _class_weights(cfg: RunConfig, labels: np.ndarray, num_classes: int) -> torch.Tensor | None:
+    if cfg.data.class_weights == "none":
+        return None
+    from medlens.data.balance import class_weights
+
+    return torch.tensor(class_weights(labels, num_classes), dtype=torch.float32)
+
+
+def _final_metrics(run_dir: Path, source, task, recorder, spatial_dims: int, cfg: RunConfig) -> dict:
+    """Evaluate the best checkpoint on val and test; write metrics.json and the best card's metrics."""
+    from medlens.engine.checkpoint import load_model, save_model
+    from medlens.evaluate.metrics import accuracy_score, roc_auc_score
+    from medlens.evaluate.predict import predict
+
+    best = run_dir / "checkpoints" / "best.safetensors"
+    model, card = load_model(best)
+    results = {}
+    for split in ("val", "test"):
+        predictions = predict(model, source.splits[split], task=task, mean=card.normalisation["mean"],
+                              std=card.normalisation["std"], channels_last=spatial_dims == 2)
+        results[split] = {
+            "acc": accuracy_score(predictions.y_true, predictions.y_score, task=task),
+            "auc": roc_auc_score(predictions.y_true, predictions.y_score, task=task),
+            "n": int(len(predictions.y_true)),
+        }
+    history = recorder.rows
+    metrics = {
+        "dataset": source.spec,
+        "model": cfg.model.name,
+        "best_epoch": recorder.best_epoch,
+        "monitor": cfg.train.monitor,
+        "epochs_run": len(history),
+        "seconds": float(sum(row["seconds"] for row in history)),
+        "train_images_per_second": float(np.median([row["images_per_second"] for row in history])) if history else math.nan,
+        "val": results["val"],
+        "test": results["test"],
+    }
+    with atomic_path(run_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=1))
+    card = replace(card, metrics={**card.metrics, **{"val": results["val"], "test": results["test"]}})
+    save_model(model, card, best)
+    return metrics
+
+
+class _DataModule:
+    """Lazily built so that it is created inside each DDP process with that process's rank."""
+
+    def __new__(cls, source, cfg: RunConfig, *, oversample: bool, num_classes: int):
+        import lightning.pytorch as pl
+
+        from medlens.data.loader import BatchLoader
+
+        class RunData(pl.LightningDataModule):
+            def __init__(self):
+                super().__init__()
+                self.train_loader = None
+
+            def train_dataloader(self):
+                weights = None
+                if oversample:
+                    from medlens.data.balance import oversample_weights
+
+                    weights = oversample_weights(source.splits["train"].labels, num_classes)
+                self.train_loader = BatchLoader(
+                    source.splits["train"], batch_size=cfg.data.batch_size, shuffle=True, seed=cfg.train.seed,
+                    weights=weights, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank)
+                return self.train_loader
+
+            def val_dataloader(self):
+                # Every process validates the whole split (small), so metrics need no gathering.
+                return BatchLoader(source.splits["val"], batch_size=max(256, cfg.data.batch_size))
+
+        return RunData()

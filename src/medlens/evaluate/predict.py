@@ -1,0 +1,64 @@
+"""Predictions of a model on a split: the one object every metric, plot and report reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from medlens.data.registry import Task
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Scores of one model on one split.
+
+    Attributes:
+        y_true: class ids ``(N,)``, or 0/1 ``(N, K)`` for multi-label tasks.
+        y_score: probabilities ``(N, K)`` (softmax, or sigmoid per label for multi-label).
+        ids: image ids ``(N,)`` (file names for folders, row numbers for MedMNIST).
+        task: the task the scores answer.
+    """
+
+    y_true: np.ndarray
+    y_score: np.ndarray
+    ids: np.ndarray
+    task: Task
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, split, *, task: Task, mean, std, batch_size: int = 256,
+            channels_last: bool = False) -> Predictions:
+    """Run ``model`` over a :class:`~medlens.data.source.TensorSplit` in batches.
+
+    Args:
+        model: logits ``(B, K)`` from normalised float input.
+        split: the split (uint8 images).
+        task: decides softmax or sigmoid.
+        mean, std: per-channel normalisation on the [0, 1] scale (from the model card).
+        batch_size: images per forward pass.
+        channels_last: feed 2D batches in channels-last layout.
+
+    Returns:
+        :class:`Predictions` in the split's order.
+    """
+    from medlens.data.loader import BatchLoader
+
+    was_training = model.training
+    model.eval()
+    spatial = split.images.ndim - 2
+    shape = (1, -1) + (1,) * spatial
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(shape)
+    std_t = torch.tensor(std, dtype=torch.float32).view(shape)
+    scores = []
+    for images, _ in BatchLoader(split, batch_size=batch_size):
+        x = images.float().div_(255.0)
+        if channels_last and spatial == 2:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = model((x - mean_t) / std_t).float()
+        scores.append(torch.sigmoid(logits) if task.is_multilabel else torch.softmax(logits, dim=1))
+    model.train(was_training)
+    n_out = scores[0].shape[1] if scores else 0
+    y_score = torch.cat(scores).numpy() if scores else np.zeros((0, n_out), np.float32)
+    return Predictions(y_true=np.asarray(split.labels), y_score=y_score, ids=np.asarray(split.ids), task=task)

@@ -1,0 +1,234 @@
+"""End-to-end training runs on the real data: run folder, resume after kill -9, seeds, DDP, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import single_line
+from safetensors.torch import load_file
+
+from medlens.cli import main
+from medlens.engine.checkpoint import load_card, load_model
+from medlens.engine.config import build_config, load_run_config
+from medlens.engine.tracking import HISTORY_COLUMNS, read_history
+from medlens.engine.train import resume, train
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_FILES = ["config.yaml", "splits.json", "history.csv", "train.log", "metrics.json",
+             "checkpoints/best.safetensors", "checkpoints/best.json", "checkpoints/last.safetensors",
+             "checkpoints/last.json", "checkpoints/resume.safetensors", "checkpoints/resume.json"]
+TIMING = ("seconds", "images_per_second")
+
+
+def _config(**sections):
+    sections.setdefault("train", {})
+    sections["train"] = {"epochs": 2, "tracking_uri": "none", "progress": False, **sections["train"]}
+    sections.setdefault("model", {"name": "cnn_small"})
+    return build_config(sections)
+
+
+def _history_without_timing(run: Path) -> list[dict]:
+    # NaN (train ACC/AUC under mixup) as a string, so equal histories compare equal.
+    return [{k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items() if k not in TIMING}
+            for row in read_history(run / "history.csv")]
+
+
+def _cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "medlens", *args], cwd=REPO, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@pytest.mark.integration
+def test_breastmnist_run_writes_every_file(medmnist_root, tmp_path):
+    run = tmp_path / "runs" / "breast"
+    cfg = _config(data={"spec": "breastmnist", "root": str(medmnist_root), "class_weights": "balanced"},
+                  augment={"hflip": 0.5, "rotate": 10, "noise": 0.02},
+                  train={"epochs": 3, "tracking_uri": None})  # the default: SQLite beside the runs
+    result = train(cfg, run)
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+    history = read_history(run / "history.csv")
+    assert [row["epoch"] for row in history] == [0, 1, 2]
+    assert list(history[0]) == list(HISTORY_COLUMNS)
+    assert all(math.isfinite(row[k]) for row in history for k in ("train_loss", "val_loss", "val_auc", "lr"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics == result.metrics
+    assert metrics["test"]["n"] == 156 and 0.0 <= metrics["test"]["auc"] <= 1.0
+    assert metrics["best_epoch"] == max(range(3), key=lambda e: (history[e]["val_auc"], -e))
+    assert "class weights (balanced): malignant 1.857, normal, benign 0.684" in (run / "train.log").read_text()
+    assert load_run_config(run) == cfg
+    # The MLflow store sits beside the run folder and holds this run's metrics.
+    assert (tmp_path / "runs" / "mlflow.db").is_file()
+    from mlflow.tracking import MlflowClient
+
+    run_id = json.loads((run / "tracking.json").read_text())["run_id"]
+    logged = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}").get_run(run_id)
+    assert logged.info.status == "FINISHED"
+    assert logged.data.metrics["test_auc"] == pytest.approx(metrics["test"]["auc"])
+    # The best checkpoint alone rebuilds the model; its card says what it is.
+    model, card = load_model(run)
+    assert card.architecture == "cnn_small" and card.class_names == ["malignant", "normal, benign"]
+    assert card.task == "binary" and card.in_channels == 1 and card.input_size == 28
+    assert card.metrics["test"]["auc"] == pytest.approx(metrics["test"]["auc"])
+    assert len(card.normalisation["mean"]) == 1 and 0 < card.normalisation["std"][0] < 1
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 2)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_medical_mnist_zip_run(shared_data, tmp_path):
+    archive = shared_data / "medical_mnist" / "medical_mnist.zip"
+    if not archive.is_file():
+        archive = next(shared_data.rglob("*.zip"))
+    run = tmp_path / "medical"
+    cfg = _config(data={"spec": f"folder:{archive}", "size": 28, "batch_size": 256}, train={"epochs": 1})
+    result = train(cfg, run)
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+    card = load_card(run / "checkpoints" / "best.safetensors")
+    assert len(card.class_names) == 6 and card.task == "multiclass"
+    assert result.metrics["test"]["acc"] > 0.9  # one epoch of the small CNN already separates the six classes
+
+
+@pytest.mark.integration
+def test_same_seed_same_history(medmnist_root, tmp_path):
+    def run(name: str, seed: int) -> Path:
+        cfg = _config(data={"spec": "breastmnist", "root": str(medmnist_root), "oversample": True},
+                      augment={"hflip": 0.5, "rotate": 15, "zoom": 0.1, "noise": 0.05, "mixup": 0.2},
+                      train={"seed": seed})
+        train(cfg, tmp_path / name)
+        return tmp_path / name
+
+    first, second, other = run("a", 3), run("b", 3), run("c", 4)
+    assert _history_without_timing(first) == _history_without_timing(second)
+    assert _history_without_timing(first) != _history_without_timing(other)
+    a, b = load_file(first / "checkpoints/last.safetensors"), load_file(second / "checkpoints/last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_resume_after_kill_matches_uninterrupted(medmnist_root, tmp_path):
+    args = ["train", "pneumoniamnist", "--root", str(medmnist_root), "--model", "cnn_small", "--epochs", "4",
+            "--batch-size", "64", "--augment", "light", "--schedule", "multistep", "--seed", "5",
+            "--tracking-uri", "none", "--no-progress"]
+    whole = _cli(*args, "--out", str(tmp_path / "whole"))
+    whole_out = whole.communicate(timeout=600)
+    assert whole.returncode == 0, whole_out[1][-2000:]
+
+    killed_dir = tmp_path / "killed"
+    victim = _cli(*args, "--out", str(killed_dir))
+    history = killed_dir / "history.csv"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # wait for two finished epochs, then kill inside the third
+        if history.is_file() and len(history.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    time.sleep(0.4)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    assert victim.returncode == -signal.SIGKILL
+    done_before_kill = len(read_history(history))
+    assert 2 <= done_before_kill < 4, "the kill must land before the run ended"
+    assert not (killed_dir / "metrics.json").exists()
+
+    resumed = _cli("train", "--resume", str(killed_dir))
+    resumed_out = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, resumed_out[1][-2000:]
+    assert _history_without_timing(killed_dir) == _history_without_timing(tmp_path / "whole")
+    for name in ("last", "best"):
+        a = load_file(tmp_path / "whole" / "checkpoints" / f"{name}.safetensors")
+        b = load_file(killed_dir / "checkpoints" / f"{name}.safetensors")
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} weights differ after resume"
+    assert json.loads((killed_dir / "metrics.json").read_text())["test"] == \
+        json.loads((tmp_path / "whole" / "metrics.json").read_text())["test"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_match_one(medmnist_root, tmp_path):
+    common = ["train", "breastmnist", "--root", str(medmnist_root), "--model", "cnn_small", "--model-arg",
+              "dropout=0", "--epochs", "2", "--seed", "1", "--tracking-uri", "none", "--no-progress"]
+    single = _cli(*common, "--batch-size", "64", "--out", str(tmp_path / "single"))
+    out = single.communicate(timeout=600)
+    assert single.returncode == 0, out[1][-2000:]
+    ddp = _cli(*common, "--batch-size", "32", "--devices", "2", "--strategy", "ddp", "--out", str(tmp_path / "ddp"))
+    out = ddp.communicate(timeout=600)
+    assert ddp.returncode == 0, out[1][-2000:]
+    one, two = read_history(tmp_path / "single" / "history.csv"), read_history(tmp_path / "ddp" / "history.csv")
+    assert len(one) == len(two) == 2
+    for a, b in zip(one, two):  # same global batches of 64, gradients averaged over the two processes
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
+
+
+@pytest.mark.integration
+def test_pretrain_aucm_pesg_and_3d(medmnist_root, tmp_path):
+    cfg = _config(data={"spec": "breastmnist", "root": str(medmnist_root)},
+                  model={"name": "resnet_compact", "pretrain": "autoencoder", "pretrain_epochs": 2},
+                  optim={"loss": "aucm", "optimizer": "pesg", "lr": 0.05, "schedule": "multistep"})
+    result = train(cfg, tmp_path / "aucm")
+    rows = (tmp_path / "aucm" / "pretrain.csv").read_text().splitlines()
+    assert len(rows) == 3  # header + two pre-training epochs
+    assert math.isfinite(result.metrics["test"]["auc"])
+
+    cfg3d = _config(data={"spec": "adrenalmnist3d", "root": str(medmnist_root), "batch_size": 32},
+                    model={"name": "resnet_compact", "kwargs": {"width": 8}},
+                    augment={"hflip": 0.5, "rotate": 10}, train={"epochs": 1})
+    result = train(cfg3d, tmp_path / "three_d")
+    card = load_card(tmp_path / "three_d" / "checkpoints" / "best.json")
+    assert card.spatial_dims == 3 and result.metrics["test"]["n"] > 0
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--model", "no_such_net"], "unknown model 'no_such_net'"),
+    (["--model", "cnn_small", "--loss", "bce"], "loss 'bce'"),
+    (["--model", "cnn_small", "--loss", "aucm"], "'pesg' goes with optim.loss 'aucm'"),
+    (["--model", "cnn_small", "--aug", "rotate=-5"], "augment.rotate"),
+    (["--model", "cnn_small", "--schedule", "sometimes"], "invalid choice"),
+])
+def test_bad_options_are_one_clear_line(medmnist_root, tmp_path, capsys, args, expected):
+    out = tmp_path / "run"
+    try:
+        code = main(["train", "breastmnist", "--root", str(medmnist_root), "--epochs", "1", "--tracking-uri", "none",
+                     "--no-progress", "--out", str(out), *args])
+    except SystemExit as exit_:  # argparse: usage error
+        code = exit_.code
+    assert code != 0
+    err = capsys.readouterr().err
+    assert expected in err
+    if code == 1:
+        single_line(err.strip())
+    assert not out.exists(), "a failed start must leave no run folder behind"
+
+
+def test_2d_only_model_on_3d_data_is_refused(medmnist_root, tmp_path, capsys):
+    code = main(["train", "adrenalmnist3d", "--root", str(medmnist_root), "--model", "cnn_small", "--epochs", "1",
+                 "--tracking-uri", "none", "--out", str(tmp_path / "run")])
+    assert code == 1
+    err = single_line(capsys.readouterr().err.strip())
+    assert "cnn_small" in err and "3D" in err
+
+
+def test_existing_run_is_not_overwritten_and_resume_needs_a_run(medmnist_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("data: {spec: breastmnist}\n")
+    assert main(["train", "breastmnist", "--out", str(run), "--tracking-uri", "none"]) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 1
+    assert "not a medlens run folder" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="resume.safetensors"):
+        resume(run)
