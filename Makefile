@@ -21,15 +21,21 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# Each demo run gets its own folder: a second `make demo` never overwrites the first.
+DEMO_RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
+
 demo: venv
-	$(VENV)/bin/medlens datasets
-	$(VENV)/bin/medlens preview breastmnist --out runs/demo/preview.png
+	$(VENV)/bin/medlens preview breastmnist --out $(DEMO_RUN)-preview.png
+	$(VENV)/bin/medlens train breastmnist --recipe fast --out $(DEMO_RUN)
+	@echo "run folder: $(DEMO_RUN) (metrics.json, history.csv, checkpoints/); MLflow: runs/mlflow.db"
 
 test: venv
 	$(PY) -m pytest
 
 bench: venv
 	$(PY) benchmarks/data_loading.py
+	$(PY) benchmarks/train_speed.py
+	$(PY) benchmarks/accuracy.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

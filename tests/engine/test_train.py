@@ -192,6 +192,16 @@ def test_pretrain_aucm_pesg_and_3d(medmnist_root, tmp_path):
     assert card.spatial_dims == 3 and result.metrics["test"]["n"] > 0
 
 
+@pytest.mark.integration
+def test_early_stopping_ends_a_stalled_run(medmnist_root, tmp_path):
+    cfg = _config(data={"spec": "breastmnist", "root": str(medmnist_root), "oversample": True},
+                  optim={"lr": 1e-12}, train={"epochs": 10, "early_stop": 2, "monitor": "val_loss"})
+    result = train(cfg, tmp_path / "stalled")
+    # Weights barely move, so the validation loss never improves after epoch 0: stop after 2 more.
+    assert result.metrics["epochs_run"] == 3 and result.metrics["best_epoch"] == 0
+    assert "oversampling" in (tmp_path / "stalled" / "train.log").read_text()
+
+
 @pytest.mark.parametrize("args, expected", [
     (["--model", "no_such_net"], "unknown model 'no_such_net'"),
     (["--model", "cnn_small", "--loss", "bce"], "loss 'bce'"),

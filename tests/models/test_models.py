@@ -21,6 +21,19 @@ BATCH = 2
 HEAVY = {("densenet121", 3), ("resnet50", 3)}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One thread for these tiny tensors.
+
+    On a busy 2-core machine two OpenMP threads spin against the other processes: measured
+    under a load of about 5, this file took 417 s with 2 threads and 26 s with 1.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _cases() -> list:
     cases = []
     for name in list_models():

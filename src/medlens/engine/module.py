@@ -60,7 +60,9 @@ class ClassifierModule(pl.LightningModule):
         shape = (1, -1) + (1,) * spatial_dims
         self.register_buffer("mean", torch.tensor(normalisation.mean, dtype=torch.float32).view(shape), persistent=False)
         self.register_buffer("std", torch.tensor(normalisation.std, dtype=torch.float32).view(shape), persistent=False)
-        self.channels_last = config.model.channels_last and spatial_dims == 2
+        self.memory_format = None
+        if config.model.channels_last:
+            self.memory_format = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
         self.generator = torch.Generator()
         self._train_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -78,8 +80,8 @@ class ClassifierModule(pl.LightningModule):
     def prepare(self, images: torch.Tensor, *, train: bool) -> torch.Tensor:
         """uint8 ``(B, C, ...)`` -> normalised float32; augmented when ``train``."""
         x = images.float().div_(255.0)  # (B, C, H, W) or (B, C, D, H, W), [0, 1]
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if self.memory_format is not None:
+            x = x.contiguous(memory_format=self.memory_format)
         if train and self.augment_config.enabled:
             x = self.augment(x, generator=self.generator)
         return (x - self.mean) / self.std

@@ -38,7 +38,7 @@ def predict(model: torch.nn.Module, split, *, task: Task, mean, std, batch_size:
         task: decides softmax or sigmoid.
         mean, std: per-channel normalisation on the [0, 1] scale (from the model card).
         batch_size: images per forward pass.
-        channels_last: feed 2D batches in channels-last layout.
+        channels_last: feed batches in channels-last layout (2D and 3D).
 
     Returns:
         :class:`Predictions` in the split's order.
@@ -54,8 +54,8 @@ def predict(model: torch.nn.Module, split, *, task: Task, mean, std, batch_size:
     scores = []
     for images, _ in BatchLoader(split, batch_size=batch_size):
         x = images.float().div_(255.0)
-        if channels_last and spatial == 2:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last if spatial == 2 else torch.channels_last_3d)
         logits = model((x - mean_t) / std_t).float()
         scores.append(torch.sigmoid(logits) if task.is_multilabel else torch.softmax(logits, dim=1))
     model.train(was_training)

@@ -18,6 +18,17 @@ model                                     parameters   forward MACs  MACs / resn
 
 Measured training step on the 2-core CPU (2D, 28 px, batch 128, channels_last, Adam, median
 of 6): ``resnet18`` 808 ms, ``resnet_compact`` 38 ms (21x faster), width=32 111 ms.
+
+A first accuracy check, not a benchmark (28 px, Adam 1e-3, batch 128, no augmentation, test
+scores of the best-validation-AUC epoch; seeds 0 and 1 for BreastMNIST, seed 0 for
+PneumoniaMNIST):
+
+==========================  ===========================  ===========================
+test AUC / ACC              ``resnet_compact``           ``resnet18``
+==========================  ===========================  ===========================
+BreastMNIST, 30 epochs      .894/.859, .885/.840         .874/.801, .892/.859
+PneumoniaMNIST, 10 epochs   .936/.867                    .949/.830
+==========================  ===========================  ===========================
 """
 
 from __future__ import annotations
