@@ -240,5 +240,15 @@ def test_existing_run_is_not_overwritten_and_resume_needs_a_run(medmnist_root, t
     assert "already holds a run" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 1
     assert "not a medlens run folder" in capsys.readouterr().err
-    with pytest.raises(FileNotFoundError, match="resume.safetensors"):
-        resume(run)
+
+
+@pytest.mark.integration
+def test_resume_before_the_first_epoch_ended_starts_again(medmnist_root, tmp_path):
+    from medlens.engine.config import write_yaml
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = _config(data={"spec": "breastmnist", "root": str(medmnist_root)}, train={"epochs": 1})
+    write_yaml(config, run / "config.yaml")  # what a run killed during its first epoch leaves
+    result = resume(run)
+    assert result.metrics["epochs_run"] == 1 and (run / "checkpoints" / "best.safetensors").is_file()

@@ -140,7 +140,7 @@ class ClassifierModule(pl.LightningModule):
             scores = torch.cat([o[1] for o in self._train_outputs]).float()
             if self.trainer.world_size > 1:  # every process holds the same number of rows (padded order)
                 labels, scores = (self.all_gather(t).flatten(0, 1) for t in (labels, scores))
-            labels, scores = labels.numpy(), scores.numpy()
+            labels, scores = labels.cpu().numpy(), scores.cpu().numpy()
             acc = accuracy_score(labels, scores, task=self.task)
             auc = roc_auc_score(labels, scores, task=self.task)
         totals = self._loss_sum.clone()
@@ -165,13 +165,13 @@ class ClassifierModule(pl.LightningModule):
             return
         labels = torch.cat([o[0] for o in self._val_outputs])
         logits = torch.cat([o[1] for o in self._val_outputs])
-        scores = torch.cat([o[2] for o in self._val_outputs]).numpy()
+        scores = torch.cat([o[2] for o in self._val_outputs]).cpu().numpy()
         # Every process validates the whole (small) validation split, so no gathering is needed.
-        loss = float(self.loss(logits, labels)) if getattr(self.loss, "evaluates_on_labels", True) else float("nan")
+        loss = float(self.loss(logits, labels))
         metrics = {
             "val_loss": loss,
-            "val_acc": accuracy_score(labels.numpy(), scores, task=self.task),
-            "val_auc": roc_auc_score(labels.numpy(), scores, task=self.task),
+            "val_acc": accuracy_score(labels.cpu().numpy(), scores, task=self.task),
+            "val_auc": roc_auc_score(labels.cpu().numpy(), scores, task=self.task),
         }
         for name, value in metrics.items():
             # A NaN AUC (one class in a tiny validation split) must not win "best": count it as worst.

@@ -105,14 +105,20 @@ def resume(run_dir: str | os.PathLike) -> TrainResult:
 
     Optimizer, schedule, loop counters and history come back from ``checkpoints/resume``;
     batch order, augmentation and dropout are reseeded from ``(seed, epoch)``, so the run ends
-    with the same weights as one that was never interrupted.
+    with the same weights as one that was never interrupted. A run that never finished an epoch
+    starts again from the beginning with its saved config.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` is not a run folder (no ``config.yaml``).
     """
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     state = run_dir / "checkpoints" / "resume.safetensors"
     if not state.is_file():
-        raise FileNotFoundError(f"{run_dir} has no checkpoints/resume.safetensors: it stopped before its first "
-                                "epoch ended; start it again without --resume")
+        # Stopped before its first epoch ended (in pre-training, say): the same seed from the start
+        # gives exactly the run that was interrupted.
+        print(f"{run_dir} has no finished epoch yet: starting it again from the beginning", file=sys.stderr)
+        return _run(config, run_dir, resume=False)
     return _run(config, run_dir, resume=True)
 
 

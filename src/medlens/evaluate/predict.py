@@ -49,16 +49,17 @@ def predict(model: torch.nn.Module, split, *, task: Task, mean, std, batch_size:
     model.eval()
     spatial = split.images.ndim - 2
     shape = (1, -1) + (1,) * spatial
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(shape)
-    std_t = torch.tensor(std, dtype=torch.float32).view(shape)
+    device = next(model.parameters()).device
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(shape)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(shape)
     scores = []
     for images, _ in BatchLoader(split, batch_size=batch_size):
-        x = images.float().div_(255.0)
+        x = images.to(device).float().div_(255.0)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last if spatial == 2 else torch.channels_last_3d)
         logits = model((x - mean_t) / std_t).float()
         scores.append(torch.sigmoid(logits) if task.is_multilabel else torch.softmax(logits, dim=1))
     model.train(was_training)
     n_out = scores[0].shape[1] if scores else 0
-    y_score = torch.cat(scores).numpy() if scores else np.zeros((0, n_out), np.float32)
+    y_score = torch.cat(scores).cpu().numpy() if scores else np.zeros((0, n_out), np.float32)
     return Predictions(y_true=np.asarray(split.labels), y_score=y_score, ids=np.asarray(split.ids), task=task)
