@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from medlens.data.augment import AugmentConfig, BatchAugment, Normalisation, mixup
+from medlens.data.augment import BatchAugment, Normalisation, mixup, normalise, to_unit
 from medlens.data.registry import Task
 from medlens.engine.config import RunConfig
 from medlens.evaluate.metrics import accuracy_score, roc_auc_score
@@ -57,9 +57,7 @@ class ClassifierModule(pl.LightningModule):
         self.num_classes = num_classes
         self.augment_config = config.augment
         self.augment = BatchAugment(self.augment_config, spatial_dims=spatial_dims)
-        shape = (1, -1) + (1,) * spatial_dims
-        self.register_buffer("mean", torch.tensor(normalisation.mean, dtype=torch.float32).view(shape), persistent=False)
-        self.register_buffer("std", torch.tensor(normalisation.std, dtype=torch.float32).view(shape), persistent=False)
+        self.normalisation = normalisation
         self.memory_format = None
         if config.model.channels_last:
             self.memory_format = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
@@ -79,12 +77,12 @@ class ClassifierModule(pl.LightningModule):
     # -- data -------------------------------------------------------------------------------
     def prepare(self, images: torch.Tensor, *, train: bool) -> torch.Tensor:
         """uint8 ``(B, C, ...)`` -> normalised float32; augmented when ``train``."""
-        x = images.float().div_(255.0)  # (B, C, H, W) or (B, C, D, H, W), [0, 1]
+        x = to_unit(images)  # (B, C, H, W) or (B, C, D, H, W), [0, 1]
         if self.memory_format is not None:
             x = x.contiguous(memory_format=self.memory_format)
         if train and self.augment_config.enabled:
             x = self.augment(x, generator=self.generator)
-        return (x - self.mean) / self.std
+        return normalise(x, self.normalisation)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits of a uint8 batch (no augmentation)."""

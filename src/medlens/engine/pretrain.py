@@ -9,13 +9,13 @@ same in every DDP process (same seed, same data), and needs no checkpoints of it
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from medlens.data.augment import BatchAugment, Normalisation
+from medlens.data.augment import BatchAugment, Normalisation, normalise, to_unit
 from medlens.data.loader import BatchLoader
 from medlens.engine.config import RunConfig
 from medlens.engine.module import epoch_seed
@@ -39,9 +39,6 @@ def pretrain_autoencoder(model: torch.nn.Module, train_split, cfg: RunConfig, no
     settings = replace(cfg.augment, mixup=0.0)
     augment = BatchAugment(settings, spatial_dims=spatial_dims)
     generator = torch.Generator()
-    shape = (1, -1) + (1,) * spatial_dims
-    mean = torch.tensor(normalisation.mean).view(shape)
-    std = torch.tensor(normalisation.std).view(shape)
     loader = BatchLoader(train_split, batch_size=cfg.data.batch_size, shuffle=True, seed=cfg.train.seed)
     losses, rows = [], []
     autoencoder.train()
@@ -52,10 +49,10 @@ def pretrain_autoencoder(model: torch.nn.Module, train_split, cfg: RunConfig, no
         loader.set_epoch(epoch)
         start, total, count = time.perf_counter(), 0.0, 0
         for images, _ in loader:
-            x = images.float().div_(255.0)
+            x = to_unit(images)
             if settings.enabled:
                 x = augment(x, generator=generator)
-            x = (x - mean) / std
+            x = normalise(x, normalisation)
             loss = torch.nn.functional.mse_loss(autoencoder(x), x)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

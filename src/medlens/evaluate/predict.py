@@ -43,21 +43,20 @@ def predict(model: torch.nn.Module, split, *, task: Task, mean, std, batch_size:
     Returns:
         :class:`Predictions` in the split's order.
     """
+    from medlens.data.augment import Normalisation, to_float
     from medlens.data.loader import BatchLoader
 
     was_training = model.training
     model.eval()
     spatial = split.images.ndim - 2
-    shape = (1, -1) + (1,) * spatial
     device = next(model.parameters()).device
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(shape)
-    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(shape)
+    norm = Normalisation(mean=tuple(mean), std=tuple(std))
     scores = []
     for images, _ in BatchLoader(split, batch_size=batch_size):
-        x = images.to(device).float().div_(255.0)
+        x = to_float(images.to(device), norm)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last if spatial == 2 else torch.channels_last_3d)
-        logits = model((x - mean_t) / std_t).float()
+        logits = model(x).float()
         scores.append(torch.sigmoid(logits) if task.is_multilabel else torch.softmax(logits, dim=1))
     model.train(was_training)
     n_out = scores[0].shape[1] if scores else 0

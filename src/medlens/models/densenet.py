@@ -15,7 +15,8 @@ from monai.networks.layers.factories import Conv, Pool
 from monai.networks.nets.densenet import DenseNet
 from torch import nn
 
-from medlens.models._options import check_dropout, check_num_classes, resolve_stem
+from medlens.models._head import PooledHead
+from medlens.models._options import check_dropout, resolve_stem
 from medlens.models.registry import register_model
 
 
@@ -30,7 +31,7 @@ def _feature_size(input_size: int, stem: str) -> int:
     return size
 
 
-class DenseNetClassifier(DenseNet):
+class DenseNetClassifier(PooledHead, DenseNet):
     """MONAI ``DenseNet`` with the classifier interface and a choice of stem.
 
     MONAI's ``class_layers`` (ReLU, pool, flatten, linear) are split: the final ReLU becomes
@@ -93,18 +94,6 @@ class DenseNetClassifier(DenseNet):
         """``(B, C, *S) -> (B, F, *s)``: stem, dense blocks, transitions, final norm and ReLU."""
         return self.features(x)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """``(B, F, *s) -> (B, K)``: global average pooling, dropout, linear."""
-        x = self.avgpool(features).flatten(1)  # (B, F)
-        return self.fc(self.head_drop(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, *S) -> (B, K)`` logits."""
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace ``fc`` by a fresh ``Linear(num_features, num_classes)``."""
-        self.fc = nn.Linear(self.num_features, check_num_classes(num_classes))
 
 
 @register_model(

@@ -18,11 +18,12 @@ import torch
 from monai.networks.nets.resnet import ResNet, ResNetBlock, ResNetBottleneck
 from torch import nn
 
-from medlens.models._options import check_dropout, check_num_classes, resolve_stem
+from medlens.models._head import PooledHead
+from medlens.models._options import check_dropout, resolve_stem
 from medlens.models.registry import register_model
 
 
-class ResNetClassifier(ResNet):
+class ResNetClassifier(PooledHead, ResNet):
     """MONAI ``ResNet`` with the classifier interface (``forward_features`` / ``forward_head``).
 
     The module names are MONAI's (``conv1, bn1, maxpool, layer1..layer4, avgpool, fc``), plus
@@ -94,18 +95,6 @@ class ResNetClassifier(ResNet):
         x = self.layer3(x)
         return self.layer4(x)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """``(B, F, *s) -> (B, K)``: global average pooling, dropout, linear."""
-        x = self.avgpool(features).flatten(1)  # (B, F)
-        return self.fc(self.head_drop(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, *S) -> (B, K)`` logits."""
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace ``fc`` by a fresh ``Linear(num_features, num_classes)``."""
-        self.fc = nn.Linear(self.num_features, check_num_classes(num_classes))
 
 
 @register_model(
