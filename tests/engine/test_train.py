@@ -252,3 +252,22 @@ def test_resume_before_the_first_epoch_ended_starts_again(medmnist_root, tmp_pat
     write_yaml(config, run / "config.yaml")  # what a run killed during its first epoch leaves
     result = resume(run)
     assert result.metrics["epochs_run"] == 1 and (run / "checkpoints" / "best.safetensors").is_file()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("precision, compile_", [("bf16-mixed", False), ("32-true", True)])
+def test_precision_and_compile_are_passed_through(medmnist_root, tmp_path, precision, compile_):
+    if compile_:
+        import shutil
+
+        if not (shutil.which("cc") or shutil.which("gcc")):
+            pytest.skip("torch.compile needs a C compiler")
+    cfg = _config(data={"spec": "breastmnist", "root": str(medmnist_root)},
+                  model={"name": "cnn_small", "compile": compile_}, train={"epochs": 1, "precision": precision})
+    result = train(cfg, tmp_path / "run")
+    assert math.isfinite(result.metrics["test"]["auc"])
+    # The checkpoint holds the plain model's weights whatever wrapped it during training.
+    model, card = load_model(tmp_path / "run")
+    assert card.config["train"]["precision"] == precision and card.config["model"]["compile"] is compile_
+    stored = {k.lstrip("/") for k in load_file(tmp_path / "run" / "checkpoints" / "best.safetensors")}
+    assert stored == set(model.state_dict()), "no '_orig_mod.' or other wrapper prefix in the stored names"
