@@ -15,6 +15,8 @@ from pathlib import Path
 from medlens import __version__
 
 EXIT_ERROR = 1
+# Modules with an ``add_commands(subparsers)`` that registers their commands, in --help order.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _positive_int(text: str) -> int:
@@ -298,6 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("train", help="train a model into a run folder (or --resume one)")
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
+
+    # Later stages keep their commands beside their code; each module imports only the standard
+    # library at the top, so building the parser stays instant.
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(commands)
     return parser
 
 
