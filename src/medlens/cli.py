@@ -16,17 +16,25 @@ from medlens import __version__
 
 EXIT_ERROR = 1
 # Modules with an ``add_commands(subparsers)`` that registers their commands, in --help order.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("medlens.evaluate.commands", "medlens.serve.server_commands")
 
 
-def _positive_int(text: str) -> int:
+def _int_at_least(text: str, low: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def _non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0, "an integer >= 0")
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -186,6 +194,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         from medlens.engine.config import build_config
 
         config = build_config(_train_overrides(args), recipe=args.recipe, file=args.config)
+        if args.seeds > 1:
+            from medlens.evaluate.multirun import format_summary, run_group, seed_members
+
+            summary = run_group(args.out, seed_members(config, seeds=args.seeds), kind="seeds",
+                                say=lambda m: print(m, file=sys.stderr))
+            print(format_summary(summary))
+            print(f"\n{args.seeds} seeds -> {args.out}/seeds_summary.json")
+            return 0
         result = engine.train(config, args.out)
     if result.metrics:
         test = result.metrics["test"]
@@ -249,6 +265,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=_positive_int)
     g.add_argument("--seed", type=int, help="fixes weights, splits, batch order, augmentation (default 0)")
+    g.add_argument("--seeds", type=_positive_int, default=1, metavar="N",
+                   help="train N runs with seeds SEED..SEED+N-1 under --out and report mean ± std")
     g.add_argument("--monitor", choices=("val_auc", "val_acc", "val_loss"), help="picks the best checkpoint (default val_auc)")
     g.add_argument("--early-stop", type=_positive_int, metavar="PATIENCE", help="stop after this many epochs without improvement")
     g.add_argument("--devices", help="devices per node for Lightning (default 1; 'auto')")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,14 @@ from medlens._io import atomic_path
 from medlens.data.download import cached_md5, data_root, download, verify_md5
 from medlens.data.npz import DEFAULT_MMAP_THRESHOLD, load_npz_arrays
 from medlens.data.registry import SPLITS, DatasetInfo, Task, get_dataset_info, list_datasets
-from medlens.data.splits import DEFAULT_RATIOS, carve_validation, parse_ratios, stratified_split
+from medlens.data.splits import (
+    DEFAULT_RATIOS,
+    carve_validation,
+    duplicate_groups,
+    kfold_indices,
+    parse_ratios,
+    stratified_split,
+)
 
 DEFAULT_FOLDER_SIZE = 64
 
@@ -369,3 +376,38 @@ def _leak_warnings(rows: dict[str, np.ndarray], groups: np.ndarray, ids: np.ndar
     shown = "; ".join(clashes[:5]) + (f"; and {len(clashes) - 5} more" if len(clashes) > 5 else "")
     return [f"{len(clashes)} image(s) in the dataset's own split folders have an identical copy in "
             f"another split (test-set leakage): {shown}"]
+
+
+def with_fold(source: Source, *, folds: int, fold: int, seed: int = 0) -> Source:
+    """The ``fold``-th of ``folds`` stratified cross-validation splits of ``source``.
+
+    Train and val are pooled and cut into ``folds`` stratified parts (identical images stay in
+    one part); fold ``fold`` becomes the validation split and the rest the training split. The
+    test split is left untouched, for a final check after model selection.
+
+    Args:
+        source: a resolved source.
+        folds: number of folds, >= 2.
+        fold: which fold validates, ``0 <= fold < folds``.
+        seed: seed of the fold assignment (the same seed gives the same folds).
+
+    Returns:
+        A new :class:`Source` with ``split_method`` ``"<method>+fold<fold>/<folds>"``.
+
+    Raises:
+        ValueError: ``folds`` < 2, ``fold`` out of range, or a class with fewer than ``folds``
+            images in train + val.
+    """
+    if not isinstance(fold, int) or not 0 <= fold < max(folds, 0):
+        raise ValueError(f"fold must be an integer in 0..{folds - 1} for {folds}-fold cross-validation; got {fold!r}")
+    train, val = source.splits["train"], source.splits["val"]
+    images = np.concatenate([np.asarray(train.images), np.asarray(val.images)])
+    pool = TensorSplit(images, np.concatenate([train.labels, val.labels]), np.concatenate([train.ids, val.ids]))
+    groups = duplicate_groups(images)
+    parts = kfold_indices(pool.labels, n_splits=folds, seed=seed, groups=groups,
+                          class_names=source.info.class_names)
+    train_rows, val_rows = parts[fold]
+    method = f"{source.split_method}+fold{fold}/{folds}"
+    fingerprint = hashlib.sha256(f"{source.fingerprint}|{method}|{seed}".encode()).hexdigest()[:24]
+    splits = {"train": pool.subset(train_rows), "val": pool.subset(val_rows), "test": source.splits["test"]}
+    return replace(source, splits=splits, split_method=method, seed=seed, fingerprint=fingerprint)

@@ -62,6 +62,9 @@ class DataConfig:
         batch_size: images per batch per process.
         class_weights: ``none`` or ``balanced`` (scikit-learn's ``n / (k * count)``) in the loss.
         oversample: draw training batches with probability inversely proportional to class size.
+        folds: 0 for the source's own train/val split; k >= 2 to train on fold ``fold`` of a
+            stratified k-fold of train + val (seeded by ``split_seed``; test untouched).
+        fold: the validation fold, ``0 <= fold < folds``.
     """
 
     spec: str = ""
@@ -73,6 +76,8 @@ class DataConfig:
     batch_size: int = 128
     class_weights: str = "none"
     oversample: bool = False
+    folds: int = 0
+    fold: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.spec, str) or not self.spec:
@@ -85,6 +90,13 @@ class DataConfig:
         _at_least("data.split_seed", self.split_seed, 0, integer=True)
         _choice("data.class_weights", self.class_weights, CLASS_WEIGHTS)
         _flag("data.oversample", self.oversample)
+        _at_least("data.folds", self.folds, 0, integer=True)
+        if self.folds == 1:
+            raise ValueError("data.folds must be 0 (no cross-validation) or at least 2; got 1")
+        _at_least("data.fold", self.fold, 0, integer=True)
+        if self.fold >= max(self.folds, 1):
+            raise ValueError(f"data.fold must be in 0..{max(self.folds - 1, 0)} with data.folds {self.folds}; "
+                             f"got {self.fold}")
 
 
 @dataclass(frozen=True)
@@ -370,3 +382,14 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a medlens run folder: {path.name} is missing")
     return config_from_dict(read_yaml(path))
+
+
+def resolve_data(data: DataConfig):
+    """The :class:`~medlens.data.source.Source` a run trains on: the spec, then its fold if any."""
+    from medlens.data.source import resolve, with_fold
+
+    source = resolve(data.spec, root=data.root, size=data.size, seed=data.split_seed, ratios=data.ratios,
+                     channels=data.channels)
+    if data.folds:
+        source = with_fold(source, folds=data.folds, fold=data.fold, seed=data.split_seed)
+    return source

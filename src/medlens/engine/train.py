@@ -170,8 +170,8 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int) -> T
     import lightning.pytorch as pl
 
     from medlens.data.augment import channel_stats
-    from medlens.data.source import resolve
     from medlens.engine.callbacks import EpochProgressBar, RunRecorder
+    from medlens.engine.config import resolve_data
     from medlens.engine.checkpoint import ModelCard, safetensors_checkpoint_io
     from medlens.engine.losses import create_loss, default_loss
     from medlens.engine.module import ClassifierModule
@@ -181,8 +181,7 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int) -> T
     cfg = config
     pl.seed_everything(cfg.train.seed, verbose=False)
     data = cfg.data
-    source = resolve(data.spec, root=data.root, size=data.size, seed=data.split_seed, ratios=data.ratios,
-                     channels=data.channels)
+    source = resolve_data(data)
     for warning in source.warnings:
         _say(f"warning: {warning}", rank)
     info = source.info

@@ -1,0 +1,86 @@
+"""``medlens evaluate``, ``medlens cv`` and ``medlens compare`` (standard library only at import)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from medlens.evaluate.evaluation import evaluate_run, format_evaluation
+
+    result = evaluate_run(args.run, split=args.split, data=args.data, root=args.root, n_bootstrap=args.bootstrap,
+                          seed=args.seed, batch_size=args.batch_size)
+    print(format_evaluation(result.metrics))
+    print(f"\nwrote {result.folder}: metrics.json, predictions.csv, {result.files['medmnist'].name}")
+    return 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from medlens.cli import _train_overrides
+    from medlens.engine.config import build_config
+    from medlens.evaluate.multirun import cv_members, format_summary, run_group
+
+    if args.resume:
+        raise ValueError("medlens cv continues an interrupted cross-validation when run again with the same "
+                         "DATA, options and --out; --resume is for single runs")
+    if args.seeds > 1:
+        raise ValueError("medlens cv repeats with --repeats N (new folds and seeds each time), not --seeds")
+    if not args.data or not args.out:
+        raise ValueError("medlens cv needs DATA and --out PARENT_FOLDER (e.g. medlens cv breastmnist --folds 5 --out runs/cv)")
+    config = build_config(_train_overrides(args), recipe=args.recipe, file=args.config)
+    summary = run_group(args.out, cv_members(config, folds=args.folds, repeats=args.repeats), kind="cv", say=_say)
+    print(format_summary(summary))
+    print(f"\n{args.folds}-fold cross-validation on train+val (val = the held-out fold; test untouched) "
+          f"-> {args.out}/cv_summary.json")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from medlens.evaluate.compare import compare_runs, format_comparison
+    from medlens.evaluate.evaluation import write_json
+
+    result = compare_runs(args.runs, benchmark=args.benchmark, split=args.split, n_bootstrap=args.bootstrap)
+    print(format_comparison(result))
+    if args.out:
+        write_json(args.out, result)
+    return 0
+
+
+def add_commands(commands) -> None:
+    """Register ``evaluate``, ``cv`` and ``compare`` on the CLI's sub-parsers."""
+    from medlens.cli import _add_train_options, _non_negative_int, _positive_int
+
+    p = commands.add_parser("evaluate", help="evaluate a run's best model: metrics with CIs, per-class table, "
+                                             "MedMNIST result file, predictions CSV")
+    p.add_argument("run", metavar="RUN", help="run folder written by medlens train")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"), help="split to evaluate (default test)")
+    p.add_argument("--data", help="another dataset spec with the same classes (default: the run's own data)")
+    p.add_argument("--root", help="folder of MedMNIST .npz files (default: the run's, else $MEDLENS_DATA)")
+    p.add_argument("--bootstrap", type=_non_negative_int, default=1000,
+                   help="bootstrap resamples for 95%% confidence intervals (default 1000; 0 = none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="images per forward pass (default 256)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("cv", help="stratified k-fold cross-validation on train+val; one run folder per fold")
+    _add_train_options(p)
+    g = p.add_argument_group("cross-validation")
+    g.add_argument("--folds", type=_positive_int, default=5, help="number of folds, >= 2 (default 5)")
+    g.add_argument("--repeats", type=_positive_int, default=1,
+                   help="repeat the k-fold with new fold assignments and seeds (default 1)")
+    p.set_defaults(func=cmd_cv)
+
+    p = commands.add_parser("compare", help="runs side by side (metrics with CIs, time, params, FLOPs), "
+                                            "optionally beside the published MedMNIST v2 results")
+    p.add_argument("runs", metavar="RUN", nargs="+", help="run folders")
+    p.add_argument("--benchmark", choices=("medmnist",), help="add the published MedMNIST v2 rows of each dataset")
+    p.add_argument("--split", default="test", choices=("test", "val"), help="split compared (default test)")
+    p.add_argument("--bootstrap", type=_non_negative_int, default=1000,
+                   help="bootstrap resamples for runs not yet evaluated (default 1000)")
+    p.add_argument("--out", help="also write the comparison as JSON here")
+    p.set_defaults(func=cmd_compare)
