@@ -16,7 +16,8 @@ from medlens import __version__
 
 EXIT_ERROR = 1
 # Modules with an ``add_commands(subparsers)`` that registers their commands, in --help order.
-COMMAND_MODULES: tuple[str, ...] = ("medlens.evaluate.commands", "medlens.serve.server_commands")
+COMMAND_MODULES: tuple[str, ...] = ("medlens.evaluate.commands", "medlens.report.commands", "medlens.serve.commands",
+                                   "medlens.serve.server_commands")
 
 
 def _int_at_least(text: str, low: int, what: str) -> int:
@@ -201,8 +202,16 @@ def cmd_train(args: argparse.Namespace) -> int:
                                 say=lambda m: print(m, file=sys.stderr))
             print(format_summary(summary))
             print(f"\n{args.seeds} seeds -> {args.out}/seeds_summary.json")
+            if not args.no_report:
+                from medlens.report.html import build_report
+
+                print(f"report: {build_report(args.out)}", file=sys.stderr)
             return 0
         result = engine.train(config, args.out)
+    if result.metrics and not args.no_report:
+        from medlens.report.html import build_report
+
+        print(f"report: {build_report(result.run_dir)}", file=sys.stderr)
     if result.metrics:
         test = result.metrics["test"]
         print(f"test ACC {test['acc']:.4f}  AUC {test['auc']:.4f}  (best epoch {result.metrics['best_epoch']}) "
@@ -275,6 +284,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", help="Lightning precision (default 32-true; bf16 is slow on CPUs without it)")
     g.add_argument("--tracking-uri", help="MLflow URI (default sqlite:///<runs folder>/mlflow.db; 'none' to disable)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -232,7 +232,9 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int) -> T
         class_names=list(info.class_names), in_channels=in_channels, spatial_dims=spatial_dims,
         input_size=source.size, normalisation=normalisation.to_dict(),
         dataset={"spec": source.spec, "fingerprint": source.fingerprint, "split_method": source.split_method,
-                 "sizes": {k: len(v) for k, v in source.splits.items()}},
+                 "sizes": {k: len(v) for k, v in source.splits.items()},
+                 "class_counts": {k: v.tolist() for k, v in source.class_counts().items()},
+                 "warnings": list(source.warnings)},
         config=cfg.to_dict(), versions=_versions(),
     )
 

@@ -37,6 +37,10 @@ def cmd_cv(args: argparse.Namespace) -> int:
     print(format_summary(summary))
     print(f"\n{args.folds}-fold cross-validation on train+val (val = the held-out fold; test untouched) "
           f"-> {args.out}/cv_summary.json")
+    if not args.no_report:
+        from medlens.report.html import build_report
+
+        print(f"report: {build_report(args.out)}", file=sys.stderr)
     return 0
 
 

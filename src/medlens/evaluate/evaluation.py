@@ -46,12 +46,17 @@ class Evaluation:
         predictions: :class:`~medlens.evaluate.predict.Predictions` on the split.
         folder: the ``eval/...`` folder written.
         files: ``{"metrics": path, "predictions": path, "medmnist": path}``.
+        images: the split evaluated (:class:`~medlens.data.source.TensorSplit`, uint8 images in
+            the predictions' order), for galleries and explanations.
+        model: the rebuilt model (eval mode) and its card, ``(model, card)``.
     """
 
     metrics: dict
     predictions: object
     folder: Path
     files: dict
+    images: object
+    model: tuple
 
 
 def evaluate_run(run: str | Path, *, split: str = "test", data: str | None = None, root: str | None = None,
@@ -109,14 +114,19 @@ def evaluate_run(run: str | Path, *, split: str = "test", data: str | None = Non
                "medlens": __version__, **body}
     files = _write(folder, metrics, predictions, card.class_names, flag=_flag(source.spec), split=split,
                    run_name=run_dir.resolve().name)
-    return Evaluation(metrics=metrics, predictions=predictions, folder=folder, files=files)
+    return Evaluation(metrics=metrics, predictions=predictions, folder=folder, files=files, images=target,
+                      model=(model, card))
 
 
 def _other_source(spec: str, data_cfg, card):
     """Resolve ``--data`` at the model's size and channels and check it has the model's classes."""
     from medlens.data.source import resolve
 
-    source = resolve(spec, root=data_cfg.root, size=card.input_size, seed=data_cfg.split_seed,
+    from medlens.data.source import parse_spec
+
+    # A spec with its own size (breastmnist@64) loads that file and is resized to the model's input.
+    own_size = parse_spec(spec)[2]
+    source = resolve(spec, root=data_cfg.root, size=own_size or card.input_size, seed=data_cfg.split_seed,
                      ratios=data_cfg.ratios, channels=card.in_channels if spec.startswith("folder:") else None)
     names, task = list(source.info.class_names), source.info.task.value
     if names != list(card.class_names) or task != card.task:
@@ -126,10 +136,29 @@ def _other_source(spec: str, data_cfg, card):
     if images.ndim - 2 != card.spatial_dims or images.shape[1] != card.in_channels:
         raise ValueError(f"--data {spec} holds {images.shape[1]}-channel {images.ndim - 2}D images; the model takes "
                          f"{card.in_channels}-channel {card.spatial_dims}D images")
+    if source.size != card.input_size:
+        source.splits = {name: _resized(split, card.input_size) for name, split in source.splits.items()}
+        source.size = card.input_size
     return source
 
 
+def _resized(split, size: int):
+    """A copy of ``split`` with every spatial edge resized to ``size`` (antialiased, like the loaders)."""
+    import torch
+    import torch.nn.functional as F
+
+    from medlens.data.source import TensorSplit
+
+    x = torch.from_numpy(np.ascontiguousarray(split.images)).float()  # (N, C, *spatial)
+    mode = "bilinear" if x.ndim == 4 else "trilinear"
+    out = torch.cat([F.interpolate(chunk, size=(size,) * (x.ndim - 2), mode=mode, align_corners=False,
+                                   antialias=x.ndim == 4) for chunk in x.split(256)])
+    images = out.round().clamp(0, 255).to(torch.uint8).numpy()
+    return TensorSplit(images, split.labels, split.ids)
+
+
 def _slug(text: str) -> str:
+    text = re.sub(r"@\d+$", "", text)  # the size suffix of a resolved spec
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.split(":", 1)[-1].rstrip("/").split("/")[-1]).strip("_") or "data"
 
 

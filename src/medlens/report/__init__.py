@@ -1,0 +1,1 @@
+"""Reports: one self-contained interactive HTML page per run, and print figures."""

@@ -1,0 +1,180 @@
+"""The report's figures, twice: interactive Plotly specs for the HTML page, and print PNGs.
+
+Both are built from the same inputs (``history.csv`` rows and an evaluation's ``metrics.json``),
+so the page and the paper figures always show the same numbers. Plotly specs are plain dicts
+(``{"data": [...], "layout": {...}}``) that the page hands to ``Plotly.newPlot``; the PNGs are
+drawn with matplotlib's object API (no pyplot state) at 300 dpi.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from medlens._io import atomic_path
+
+CURVES = (("loss", "Loss"), ("acc", "ACC"), ("auc", "AUC"))
+_EPOCH_AXIS = {"title": {"text": "epoch"}, "tickformat": "d"}
+_LAYOUT = {"margin": {"l": 50, "r": 20, "t": 40, "b": 45}, "height": 320, "hovermode": "x unified",
+           "legend": {"orientation": "h", "y": -0.25}}
+
+
+def _clean(values) -> list:
+    return [None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v for v in values]
+
+
+def _figure(title: str, data: list, **layout) -> dict:
+    return {"data": data, "layout": {**_LAYOUT, "title": {"text": title, "font": {"size": 14}}, **layout}}
+
+
+def curve_figures(history: list[dict]) -> list[dict]:
+    """Loss, ACC and AUC per epoch for train and val, and the learning rate."""
+    epochs = [row["epoch"] for row in history]
+    figures = []
+    for key, title in CURVES:
+        data = [{"type": "scatter", "mode": "lines+markers", "name": f"{split} {title}", "x": epochs,
+                 "y": _clean([row[f"{split}_{key}"] for row in history])} for split in ("train", "val")]
+        figures.append(_figure(title, data, xaxis=_EPOCH_AXIS))
+    figures.append(_figure("Learning rate", [{"type": "scatter", "mode": "lines", "name": "lr", "x": epochs,
+                                              "y": _clean([row["lr"] for row in history])}],
+                           xaxis=_EPOCH_AXIS, yaxis={"type": "log"}))
+    return figures
+
+
+def confusion_figures(metrics: dict) -> list[dict]:
+    """Confusion-matrix heatmaps (counts, and rows normalised to recall); multilabel: per label."""
+    names = metrics["class_names"]
+    counts = metrics["confusion"]["counts"]
+    normalized = metrics["confusion"]["normalized"]
+    if metrics["task"] == "multilabel":  # (K, 2, 2): one small matrix per label, as a table of counts
+        z = [[row[0][0], row[0][1], row[1][0], row[1][1]] for row in counts]
+        return [_figure("Per-label confusion (TN, FP, FN, TP)", [{
+            "type": "heatmap", "z": z, "x": ["TN", "FP", "FN", "TP"], "y": names, "colorscale": "Blues",
+            "text": z, "texttemplate": "%{text}"}], height=max(320, 28 * len(names)))]
+    out = []
+    for title, z, fmt in (("Confusion matrix (counts)", counts, "%{z}"),
+                          ("Confusion matrix (row-normalised)", normalized, "%{z:.2f}")):
+        out.append(_figure(title, [{"type": "heatmap", "z": _clean_matrix(z), "x": names, "y": names,
+                                    "colorscale": "Blues", "texttemplate": fmt, "hovertemplate":
+                                    "true %{y}<br>predicted %{x}<br>%{z}<extra></extra>"}],
+                           xaxis={"title": {"text": "predicted"}}, yaxis={"title": {"text": "true"},
+                                                                          "autorange": "reversed"},
+                           hovermode="closest", height=max(320, 60 + 40 * len(names))))
+    return out
+
+
+def _clean_matrix(z) -> list:
+    return [_clean(row) for row in z]
+
+
+def roc_pr_figures(metrics: dict) -> list[dict]:
+    """ROC and precision-recall curves, one trace per class (the positive class for binary)."""
+    roc = [{"type": "scatter", "mode": "lines", "name": f"{c['name']} (AUC {_num(c['auc'])})", "x": c["fpr"],
+            "y": c["tpr"]} for c in metrics["roc"] if c["fpr"]]
+    roc.append({"type": "scatter", "mode": "lines", "name": "chance", "x": [0, 1], "y": [0, 1],
+                "line": {"dash": "dot", "color": "gray"}})
+    pr = [{"type": "scatter", "mode": "lines", "name": f"{c['name']} (AP {_num(c['average_precision'])})",
+           "x": c["recall"], "y": c["precision"]} for c in metrics["pr"] if c["recall"]]
+    return [_figure("ROC", roc, xaxis={"title": {"text": "false positive rate"}},
+                    yaxis={"title": {"text": "true positive rate"}}, hovermode="closest"),
+            _figure("Precision-recall", pr, xaxis={"title": {"text": "recall"}},
+                    yaxis={"title": {"text": "precision"}}, hovermode="closest")]
+
+
+def reliability_figure(metrics: dict) -> dict:
+    """Reliability diagram: accuracy against confidence per bin, bar width = bin, with counts on hover."""
+    bins = [b for b in metrics["calibration"]["bins"] if b["count"]]
+    centers = [(b["lower"] + b["upper"]) / 2 for b in bins]
+    calib = metrics["calibration"]
+    return _figure(f"Reliability (ECE {_num(calib['ece'])}, Brier {_num(calib['brier'])})", [
+        {"type": "bar", "name": "accuracy", "x": centers, "y": _clean([b["accuracy"] for b in bins]),
+         "width": [b["upper"] - b["lower"] for b in bins], "customdata": [b["count"] for b in bins],
+         "hovertemplate": "confidence %{x:.2f}<br>accuracy %{y:.3f}<br>%{customdata} images<extra></extra>"},
+        {"type": "scatter", "mode": "markers", "name": "mean confidence", "x": centers,
+         "y": _clean([b["confidence"] for b in bins])},
+        {"type": "scatter", "mode": "lines", "name": "perfect", "x": [0, 1], "y": [0, 1],
+         "line": {"dash": "dot", "color": "gray"}},
+    ], xaxis={"title": {"text": "confidence"}, "range": [0, 1]}, yaxis={"title": {"text": "accuracy"}, "range": [0, 1]},
+        hovermode="closest")
+
+
+def fold_figure(summary: dict) -> dict:
+    """Cross-validation: val and test AUC per fold."""
+    names = [r["name"] for r in summary["runs"]]
+    return _figure("AUC per fold", [
+        {"type": "bar", "name": f"{split} AUC", "x": names, "y": _clean([r[f"{split}_auc"] for r in summary["runs"]])}
+        for split in ("val", "test")], hovermode="closest", yaxis={"range": [0, 1]})
+
+
+def _num(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.3f}"
+
+
+def write_pngs(folder: str | Path, history: list[dict], metrics: dict | None) -> list[Path]:
+    """Print versions of the figures (300 dpi PNG) in ``folder``; returns the files written."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(fig: Figure, name: str) -> None:
+        fig.tight_layout()
+        with atomic_path(folder / name) as tmp, tmp.open("wb") as handle:
+            fig.savefig(handle, format="png", dpi=300)
+        written.append(folder / name)
+
+    if history:
+        fig = Figure(figsize=(10, 2.6))
+        epochs = [row["epoch"] for row in history]
+        for ax, (key, title) in zip(fig.subplots(1, 4), [*CURVES, ("lr", "Learning rate")]):
+            if key == "lr":
+                ax.plot(epochs, [row["lr"] for row in history])
+                ax.set_yscale("log")
+            else:
+                for split in ("train", "val"):
+                    ax.plot(epochs, [row[f"{split}_{key}"] for row in history], label=split)
+                ax.legend(fontsize=7)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("epoch", fontsize=8)
+        save(fig, "curves.png")
+    if not metrics:
+        return written
+    names = metrics["class_names"]
+    if metrics["task"] != "multilabel":
+        fig = Figure(figsize=(3.2 + 0.4 * len(names), 3 + 0.4 * len(names)))
+        ax = fig.subplots()
+        z = np.array(_clean_matrix(metrics["confusion"]["normalized"]), dtype=float)
+        counts = np.array(metrics["confusion"]["counts"])
+        ax.imshow(z, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, f"{counts[i, j]}\n{z[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if z[i, j] > 0.5 else "black")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        save(fig, "confusion.png")
+    fig = Figure(figsize=(9, 3))
+    roc_ax, pr_ax, rel_ax = fig.subplots(1, 3)
+    for c in metrics["roc"]:
+        if c["fpr"]:
+            roc_ax.plot(c["fpr"], c["tpr"], label=f"{c['name']} ({_num(c['auc'])})")
+    roc_ax.plot([0, 1], [0, 1], ":", color="gray")
+    roc_ax.set(title="ROC", xlabel="false positive rate", ylabel="true positive rate")
+    for c in metrics["pr"]:
+        if c["recall"]:
+            pr_ax.plot(c["recall"], c["precision"], label=f"{c['name']} ({_num(c['average_precision'])})")
+    pr_ax.set(title="Precision-recall", xlabel="recall", ylabel="precision")
+    bins = [b for b in metrics["calibration"]["bins"] if b["count"]]
+    rel_ax.bar([(b["lower"] + b["upper"]) / 2 for b in bins], [b["accuracy"] for b in bins],
+               width=[b["upper"] - b["lower"] for b in bins], edgecolor="black", alpha=0.7)
+    rel_ax.plot([0, 1], [0, 1], ":", color="gray")
+    rel_ax.set(title=f"Reliability (ECE {_num(metrics['calibration']['ece'])})", xlabel="confidence",
+               ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    for ax in (roc_ax, pr_ax):
+        ax.legend(fontsize=6)
+    save(fig, "roc_pr_reliability.png")
+    return written

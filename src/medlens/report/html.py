@@ -1,0 +1,447 @@
+"""One self-contained HTML report per run (or per cross-validation / seeds group).
+
+Everything is inlined: Plotly's JavaScript, the figure specs, the gallery images as PNG data
+URIs, CSS and the page's own script, so the file opens offline and makes no request. The page
+holds the run's config and data summary, training curves, the test metrics with confidence
+intervals, the per-class table, confusion matrices, ROC / precision-recall curves, a reliability
+diagram, the published MedMNIST v2 rows for MedMNIST data, and a gallery of test images (all
+errors first, then a stratified sample of the correct ones) with Grad-CAM overlays, filterable by
+class and outcome and sortable by confidence. The same figures go to ``figures/*.png`` for papers.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from medlens._io import atomic_path
+
+GALLERY_DEFAULT = 240
+THUMB_EDGE = 112
+
+
+def build_report(run: str | Path, *, out: str | Path | None = None, gallery: int = GALLERY_DEFAULT,
+                 split: str = "test", explain: bool = True, n_bootstrap: int = 1000, figures: bool = True) -> Path:
+    """Write the HTML report of a run folder, or of a ``cv`` / ``seeds`` group folder.
+
+    Args:
+        run: a run folder from ``medlens train``, or a group folder from ``medlens cv`` /
+            ``medlens train --seeds``.
+        out: the HTML file (default ``RUN/report.html``).
+        gallery: most images in the gallery (errors first, then a stratified sample); 0 = none.
+        split: the split evaluated for metrics and gallery (default test).
+        explain: add Grad-CAM overlays to the gallery.
+        n_bootstrap: bootstrap resamples of the confidence intervals.
+        figures: also write print PNGs to ``RUN/figures/``.
+
+    Returns:
+        The path of the HTML file.
+
+    Raises:
+        FileNotFoundError: ``run`` is neither a finished run nor a group folder.
+    """
+    run = Path(run)
+    out = Path(out) if out is not None else run / "report.html"
+    if (run / "group.json").is_file():
+        body, title = _group_sections(run)
+    else:
+        body, title = _run_sections(run, gallery=gallery, split=split, explain=explain, n_bootstrap=n_bootstrap,
+                                    figures=figures)
+    page = _page(title, body)
+    with atomic_path(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return out
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def _run_sections(run: Path, *, gallery: int, split: str, explain: bool, n_bootstrap: int,
+                  figures: bool) -> tuple[list[str], str]:
+    from medlens.engine.tracking import read_history
+    from medlens.evaluate.evaluation import evaluate_run
+    from medlens.report.figures import (
+        confusion_figures,
+        curve_figures,
+        reliability_figure,
+        roc_pr_figures,
+        write_pngs,
+    )
+
+    evaluation = evaluate_run(run, split=split, n_bootstrap=n_bootstrap)
+    metrics = evaluation.metrics
+    _, card = evaluation.model
+    history = read_history(run / "history.csv") if (run / "history.csv").is_file() else []
+    train_metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    if figures:
+        write_pngs(run / "figures", history, metrics)
+    sections = [
+        _header(run, card, train_metrics),
+        _data_section(run, card),
+        _plots("Training curves", curve_figures(history)) if history else "",
+        _metrics_section(metrics),
+        _plots("Confusion matrix", confusion_figures(metrics)),
+        _plots("ROC, precision-recall and calibration", [*roc_pr_figures(metrics), reliability_figure(metrics)]),
+        _published_section(card.dataset.get("spec", ""), metrics["auc"], metrics["acc"], metrics.get("ci", {})),
+        _gallery_section(evaluation, limit=gallery, explain=explain) if gallery else "",
+    ]
+    return sections, f"medlens report: {run.name}"
+
+
+def _group_sections(parent: Path) -> tuple[list[str], str]:
+    from medlens.engine.tracking import read_history
+    from medlens.evaluate.multirun import summarise
+    from medlens.report.figures import _figure, fold_figure
+
+    group = json.loads((parent / "group.json").read_text())
+    kind = group["kind"]
+    names = [n for n in group["members"] if (parent / n / "metrics.json").is_file()]
+    if not names:
+        raise FileNotFoundError(f"{parent} holds no finished {kind} run yet")
+    summary = summarise(parent, names, kind=kind)
+    first = group["members"][names[0]]
+    rows = [[r["name"], *(_fmt(r[c]) for c in ("val_acc", "val_auc", "test_acc", "test_auc")),
+             _fmt(r["seconds"], 0)] for r in summary["runs"]]
+    stats = summary["summary"]
+    rows.append(["mean ± std", *(f"{_fmt(stats[c]['mean'])} ± {_fmt(stats[c]['std'])}"
+                                 for c in ("val_acc", "val_auc", "test_acc", "test_auc")),
+                 _fmt(stats["seconds"]["mean"], 0)])
+    what = (f"{len(names)} of {len(group['members'])} folds of stratified k-fold cross-validation on train+val "
+            "(val = the held-out fold; the test split is untouched)" if kind == "cv"
+            else f"{len(names)} of {len(group['members'])} runs with different seeds")
+    table = _table(["run", "val ACC", "val AUC", "test ACC", "test AUC", "seconds"], rows, last_bold=True)
+    curves = []
+    for name in names:
+        history = read_history(parent / name / "history.csv")
+        curves.append({"type": "scatter", "mode": "lines", "name": name, "x": [r["epoch"] for r in history],
+                       "y": [r["val_auc"] if math.isfinite(r["val_auc"]) else None for r in history]})
+    spec = first["data"]["spec"]
+    sections = [
+        f"<header><h1>{_e(parent.name)}</h1><p>{_e(kind)} group: {_e(what)}. Data <b>{_e(spec)}</b>, model "
+        f"<b>{_e(first['model']['name'])}</b>. Generated {_now()}.</p></header>",
+        f"<section><h2>Per-{'fold' if kind == 'cv' else 'seed'} results</h2>{table}</section>",
+        _plots("Per run", [fold_figure(summary), _figure("val AUC per epoch", curves)]),
+        _published_section(spec, stats["test_auc"]["mean"], stats["test_acc"]["mean"], {},
+                           note=f"mean test AUC / ACC over {len(names)} runs"),
+        "<section><h2>Config of the first run</h2><pre>" + _e(_yaml(first)) + "</pre></section>",
+    ]
+    return sections, f"medlens report: {parent.name} ({kind})"
+
+
+def _header(run: Path, card, train_metrics: dict) -> str:
+    seconds = train_metrics.get("seconds")
+    facts = [f"model <b>{_e(card.architecture)}</b> {_e(json.dumps(card.model_kwargs)) if card.model_kwargs else ''}",
+             f"data <b>{_e(card.dataset.get('spec', '?'))}</b> ({_e(card.task)}, {card.in_channels} channel(s), "
+             f"{card.input_size} px, {card.spatial_dims}D)"]
+    if train_metrics:
+        facts.append(f"best epoch {train_metrics.get('best_epoch')} of {train_metrics.get('epochs_run')}"
+                     + (f", trained in {seconds:.0f} s" if seconds else ""))
+    return (f"<header><h1>{_e(run.name)}</h1><p>{' · '.join(facts)}</p>"
+            f"<p class=muted>medlens {_e(card.versions.get('medlens', '?'))}, generated {_now()}</p></header>")
+
+
+def _data_section(run: Path, card) -> str:
+    counts = card.dataset.get("class_counts") or {}
+    parts = ["<section><h2>Data and config</h2>"]
+    if counts:
+        splits = list(counts)
+        rows = [[name, *(str(counts[s][i]) for s in splits)] for i, name in enumerate(card.class_names)]
+        parts.append(_table(["class", *splits], rows))
+        train = np.asarray(counts.get("train", []), dtype=float)
+        if len(train) and train.min() > 0 and train.max() / train.min() > 2:
+            ratio = train.max() / train.min()
+            parts.append(f"<p class=warn>Imbalanced training data: the largest class has {ratio:.1f}x the images "
+                         "of the smallest (class weights or oversampling help; see the config).</p>")
+    else:
+        sizes = card.dataset.get("sizes", {})
+        parts.append("<p>" + ", ".join(f"{_e(k)} {v}" for k, v in sizes.items()) + " images</p>")
+    for warning in card.dataset.get("warnings", []):
+        parts.append(f"<p class=warn>{_e(warning)}</p>")
+    parts.append(f"<p class=muted>split: {_e(card.dataset.get('split_method', '?'))}, fingerprint "
+                 f"{_e(card.dataset.get('fingerprint', '?'))}</p>")
+    config = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else _yaml(card.config)
+    parts.append(f"<details><summary>config.yaml</summary><pre>{_e(config)}</pre></details></section>")
+    return "".join(parts)
+
+
+def _metrics_section(metrics: dict) -> str:
+    ci = metrics.get("ci", {})
+
+    def with_ci(name: str, value) -> str:
+        entry = ci.get(name) or {}
+        if entry.get("lower") is None:
+            return _fmt(value)
+        return f"{_fmt(value)} <span class=muted>[{_fmt(entry['lower'])}, {_fmt(entry['upper'])}]</span>"
+
+    per_class = metrics["per_class"]
+    head = (f"<p class=big>ACC {with_ci('acc', metrics['acc'])} &nbsp; AUC {with_ci('auc', metrics['auc'])} &nbsp; "
+            f"macro F1 {with_ci('macro_f1', per_class['macro']['f1'])}</p>"
+            f"<p>balanced accuracy {_fmt(per_class['balanced_accuracy'])} · "
+            f"{'quadratic-weighted ' if per_class.get('kappa_weights') == 'quadratic' else ''}Cohen's kappa "
+            f"{_fmt(per_class['kappa'])} · ECE {_fmt(metrics['calibration']['ece'])} · Brier "
+            f"{_fmt(metrics['calibration']['brier'])} · n = {metrics['n']}"
+            + (f" · 95% CIs from {next(iter(ci.values()))['n_resamples']} stratified bootstrap resamples" if ci else "")
+            + "</p>")
+    rows = [[c["name"], _fmt(c["precision"]), _fmt(c["recall"]), _fmt(c["specificity"]), _fmt(c["f1"]),
+             str(int(c["support"]))] for c in per_class["classes"]]
+    for label in ("macro", "weighted"):
+        avg = per_class[label]
+        rows.append([f"{label} avg", _fmt(avg["precision"]), _fmt(avg["recall"]), _fmt(avg["specificity"]),
+                     _fmt(avg["f1"]), ""])
+    table = _table(["class", "precision", "recall (sensitivity)", "specificity", "F1", "support"], rows)
+    return f"<section><h2>{_e(metrics['split'].capitalize())} metrics</h2>{head}{table}</section>"
+
+
+def _published_section(spec: str, auc: float, acc: float, ci: dict, *, note: str = "this run") -> str:
+    from medlens.evaluate.compare import _excludes
+    from medlens.evaluate.published import SOURCE, published_rows
+
+    rows_published = published_rows(spec.split("@")[0])
+    if not rows_published:
+        return ""
+    rows = [["<b>medlens</b> (" + _e(note) + ")", _fmt(auc), _fmt(acc), "", ""]]
+    for method, p_auc, p_acc in rows_published:
+        cells = []
+        for value, published, key in ((auc, p_auc, "auc"), (acc, p_acc, "acc")):
+            delta = value - published
+            star = "*" if _excludes(ci.get(key), published) else ""
+            cells.append(f"<span class={'ahead' if delta > 0 else 'behind'}>{delta:+.3f}{star}</span>")
+        rows.append([_e(method), f"{p_auc:.3f}", f"{p_acc:.3f}", *cells])
+    table = _table(["method", "test AUC", "test ACC", "ΔAUC (medlens − published)", "ΔACC"], rows, raw=True)
+    return (f"<section><h2>Published MedMNIST v2 results</h2>{table}<p class=muted>* the run's 95% CI excludes "
+            f"the published number. Source: {_e(SOURCE)}. Published numbers are at 28 px unless the method "
+            "says 224.</p></section>")
+
+
+# ----------------------------------------------------------------------------- gallery
+
+
+def _gallery_indices(y_true: np.ndarray, predicted: np.ndarray, confidence: np.ndarray, limit: int,
+                     seed: int = 0) -> np.ndarray:
+    """All errors first (most confident first), then a class-stratified sample of correct ones."""
+    wrong = np.flatnonzero(predicted != y_true)
+    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:limit]
+    room = limit - len(wrong)
+    right = np.flatnonzero(predicted == y_true)
+    if room <= 0 or not len(right):
+        return wrong
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y_true[right], return_counts=True)
+    room = min(room, len(right))
+    # Largest-remainder quotas: proportional to class size, summing exactly to the room left.
+    raw = counts / counts.sum() * room
+    quota = np.floor(raw).astype(int)
+    quota[np.argsort(-(raw - quota), kind="stable")[: room - quota.sum()]] += 1
+    picked = np.concatenate([rng.choice(right[y_true[right] == cls], size=take, replace=False)
+                             for cls, take in zip(classes, quota)])
+    return np.concatenate([wrong, np.sort(picked)])
+
+
+def _gallery_section(evaluation, *, limit: int, explain: bool) -> str:
+    import torch
+
+    from medlens.data.augment import Normalisation, to_float
+    from medlens.evaluate.metrics import predicted_labels
+    from medlens.serve.predictor import overlay_png
+
+    predictions = evaluation.predictions
+    model, card = evaluation.model
+    names = list(card.class_names)
+    multilabel = predictions.task.is_multilabel
+    y_score = predictions.y_score
+    if multilabel:  # one label per image for the gallery: the most probable one, checked against the truth
+        predicted = y_score.argmax(axis=1)
+        y_true = np.where(np.asarray(predictions.y_true)[np.arange(len(predicted)), predicted] > 0, predicted, -1)
+        confidence = y_score.max(axis=1)
+    else:
+        predicted = predicted_labels(y_score, task=predictions.task)
+        y_true = np.asarray(predictions.y_true).reshape(-1)
+        confidence = y_score[np.arange(len(predicted)), predicted] if y_score.shape[1] > 1 else \
+            np.where(predicted == 1, y_score[:, 0], 1 - y_score[:, 0])
+    index = _gallery_indices(y_true, predicted, confidence, limit)
+    images, _ = evaluation.images.take(index)
+    images = np.ascontiguousarray(images)
+    heatmaps = np.zeros((len(index), *images.shape[2:]), np.float32)
+    if explain and len(index):
+        from medlens.explain.gradcam import gradcam
+
+        norm = Normalisation.from_dict(card.normalisation)
+        for start in range(0, len(index), 32):
+            x = to_float(torch.from_numpy(images[start:start + 32]), norm)
+            heatmaps[start:start + 32] = gradcam(model, x, class_index=predicted[index[start:start + 32]])
+    items = []
+    for k, row in enumerate(index):
+        item = {"id": str(predictions.ids[row]), "true": "" if y_true[row] < 0 else names[int(y_true[row])],
+                "pred": names[int(predicted[row])], "conf": round(float(confidence[row]), 4),
+                "correct": bool(predicted[row] == y_true[row]),
+                "img": _data_uri(overlay_png(images[k], heatmaps[k], alpha=0.0, min_edge=THUMB_EDGE))}
+        if explain:
+            item["cam"] = _data_uri(overlay_png(images[k], heatmaps[k], min_edge=THUMB_EDGE))
+        items.append(item)
+    n_wrong = int(sum(not i["correct"] for i in items))
+    options = "".join(f"<option value='{_e(n)}'>{_e(n)}</option>" for n in names)
+    note = (f"{len(items)} of {len(predictions.y_true)} {evaluation.metrics['split']} images: all {n_wrong} errors "
+            "first" if n_wrong < limit else f"{len(items)} errors (the most confident)") + \
+        (", then a class-stratified sample of correct ones." if len(items) > n_wrong else ".")
+    hint = " Hover or click an image for its Grad-CAM overlay." if explain else ""
+    return (f"<section><h2>Gallery</h2><p class=muted>{_e(note)}{hint}</p>"
+            "<div class=controls><label>true class <select id=f-class><option value=''>all</option>"
+            f"{options}</select></label> <label>outcome <select id=f-outcome><option value=''>all</option>"
+            "<option value='wrong'>wrong</option><option value='correct'>correct</option></select></label> "
+            "<label>sort <select id=f-sort><option value='errors'>errors first</option><option value='conf-desc'>"
+            "confidence, high first</option><option value='conf-asc'>confidence, low first</option></select></label>"
+            " <span id=g-count></span></div><div id=gallery></div>"
+            f"<script type='application/json' id=gallery-data>{_script_json(items)}</script></section>")
+
+
+# ----------------------------------------------------------------------------- page
+
+
+def _plots(title: str, figures: list[dict]) -> str:
+    divs = "".join(f"<div class=plot data-figure='{html.escape(json.dumps(fig, allow_nan=False, default=_nan), quote=True)}'>"
+                   "</div>" for fig in (_strip_nan(f) for f in figures))
+    return f"<section><h2>{_e(title)}</h2><div class=grid>{divs}</div></section>"
+
+
+def _strip_nan(value):
+    if isinstance(value, dict):
+        return {k: _strip_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strip_nan(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, np.generic):
+        return _strip_nan(value.item())
+    return value
+
+
+def _nan(value):
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def _page(title: str, sections: list[str]) -> str:
+    from plotly.offline import get_plotlyjs
+
+    body = "\n".join(s for s in sections if s)
+    # Plotly's bundle is inlined, so the page needs no network; '</' is escaped so no string in
+    # it can close the script element early.
+    plotly_js = get_plotlyjs().replace("</script", "<\\/script")
+    return f"""<!doctype html>
+<html lang=en><head><meta charset=utf-8><meta name=viewport content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; img-src data: blob:; font-src data:">
+<title>{_e(title)}</title><style>{_CSS}</style></head>
+<body>{body}
+<script>{plotly_js}</script>
+<script>{_JS}</script>
+</body></html>
+"""
+
+
+def _table(header: list[str], rows: list[list[str]], *, raw: bool = False, last_bold: bool = False) -> str:
+    cell = (lambda v: v) if raw else _e
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join(
+        f"<tr{' class=total' if last_bold and i == len(rows) - 1 else ''}>" + "".join(f"<td>{cell(v)}</td>" for v in row)
+        + "</tr>" for i, row in enumerate(rows))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _script_json(value) -> str:
+    return json.dumps(value, separators=(",", ":")).replace("</", "<\\/")
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _e(text) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _yaml(value: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, sort_keys=False)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:16px;color:#222}
+h1{margin:.2em 0}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
+.muted{color:#777}.warn{background:#fff4e5;border-left:4px solid #f0a020;padding:6px 10px}
+.big{font-size:18px}table{border-collapse:collapse;margin:8px 0}
+td,th{border-bottom:1px solid #eee;padding:4px 10px;text-align:right}td:first-child,th:first-child{text-align:left}
+tr.total td{font-weight:bold;border-top:2px solid #999}.ahead{color:#08711f}.behind{color:#b00020}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:12px}
+.plot{min-height:320px;border:1px solid #eee}pre{background:#f7f7f7;padding:8px;overflow:auto;max-height:400px}
+.controls{margin:8px 0}.controls label{margin-right:14px}
+#gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(130px,1fr));gap:8px;max-height:900px;overflow-y:auto}
+.card{border:2px solid #ccc;border-radius:4px;padding:4px;font-size:12px;cursor:pointer;background:#fff}
+.card.wrong{border-color:#d33}.card.correct{border-color:#3a3}.card img{width:100%;image-rendering:pixelated;display:block}
+.card .lab{font-size:11px;line-height:1.25;overflow-wrap:anywhere}
+"""
+
+_JS = r"""
+(function(){
+  document.querySelectorAll('.plot').forEach(function(div){
+    var fig = JSON.parse(div.getAttribute('data-figure'));
+    Plotly.newPlot(div, fig.data, fig.layout, {responsive:true, displaylogo:false});
+  });
+  var data = document.getElementById('gallery-data');
+  if(!data) return;
+  var items = JSON.parse(data.textContent);
+  var gallery = document.getElementById('gallery');
+  var fClass = document.getElementById('f-class'), fOutcome = document.getElementById('f-outcome'),
+      fSort = document.getElementById('f-sort'), count = document.getElementById('g-count');
+  items.forEach(function(it, i){
+    var card = document.createElement('div');
+    card.className = 'card ' + (it.correct ? 'correct' : 'wrong');
+    card.dataset.index = i;
+    var img = document.createElement('img');
+    img.src = it.img; img.alt = it.id;
+    var pinned = false;
+    if(it.cam){
+      card.addEventListener('mouseenter', function(){ img.src = it.cam; });
+      card.addEventListener('mouseleave', function(){ if(!pinned) img.src = it.img; });
+      card.addEventListener('click', function(){ pinned = !pinned; img.src = pinned ? it.cam : it.img; });
+    }
+    var lab = document.createElement('div');
+    lab.className = 'lab';
+    lab.title = it.id + ': true ' + it.true + ', predicted ' + it.pred + ' (' + it.conf.toFixed(3) + ')';
+    lab.textContent = 'true ' + it.true;
+    var pred = document.createElement('div');
+    pred.textContent = 'pred ' + it.pred + ' (' + it.conf.toFixed(2) + ')';
+    lab.appendChild(pred);
+    card.appendChild(img); card.appendChild(lab);
+    it.card = card; it.order = i;
+  });
+  function render(){
+    var shown = items.filter(function(it){
+      return (!fClass.value || it.true === fClass.value) &&
+             (!fOutcome.value || (fOutcome.value === 'correct') === it.correct);
+    });
+    if(fSort.value === 'conf-desc') shown.sort(function(a, b){ return b.conf - a.conf; });
+    else if(fSort.value === 'conf-asc') shown.sort(function(a, b){ return a.conf - b.conf; });
+    else shown.sort(function(a, b){ return a.order - b.order; });
+    gallery.replaceChildren.apply(gallery, shown.map(function(it){ return it.card; }));
+    count.textContent = shown.length + ' of ' + items.length + ' shown';
+  }
+  [fClass, fOutcome, fSort].forEach(function(el){ el.addEventListener('change', render); });
+  render();
+})();
+"""

@@ -1,0 +1,207 @@
+"""The upload page served at ``/``: one self-contained HTML document (inline CSS and JS).
+
+Nothing is fetched from elsewhere (no CDN, fonts or images), so the page works on an offline
+machine. It is a Python string rather than a package data file so that it ships inside any
+wheel without packaging configuration.
+
+Stable element ids (tests and scripts rely on them): ``#file`` (the file input), ``#drop`` (drop
+zone), ``#api-key``, ``#status``, ``#error``, ``#model``, ``#result`` (hidden until a result),
+``#predicted``, ``#probability``, ``#bars`` (one ``.bar`` row per class, ``data-class`` = name),
+``#heatmap`` (Grad-CAM overlay), ``#preview`` and ``#timing``. ``body[data-state]`` is ``idle``,
+``busy``, ``done`` or ``error``.
+
+The Content-Security-Policy :data:`PAGE_CSP` allows exactly the inline script and style below
+(by SHA-256 hash) and requests to this server only; server text is inserted with
+``textContent``, never as HTML.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+_STYLE = """
+:root { font-family: system-ui, sans-serif; color: #1d232b; background: #f5f7fa; }
+body { max-width: 46rem; margin: 2rem auto; padding: 0 1rem; }
+h1 { font-size: 1.4rem; margin-bottom: .2rem; }
+#model { color: #56606d; font-size: .9rem; margin-bottom: 1rem; }
+#drop { display: block; border: 2px dashed #8a96a6; border-radius: .6rem; padding: 1.6rem; text-align: center;
+        background: #fff; cursor: pointer; }
+#drop.over { border-color: #2463d1; background: #eaf1fd; }
+#file { margin-top: .6rem; }
+details { margin: .8rem 0; font-size: .9rem; }
+#status { min-height: 1.4rem; margin: .6rem 0; color: #56606d; }
+#error { color: #a4161a; background: #fde8e8; border-radius: .4rem; padding: .6rem .8rem; }
+#result { background: #fff; border-radius: .6rem; padding: 1rem 1.2rem; box-shadow: 0 1px 3px #0002; }
+#predicted { font-size: 1.5rem; font-weight: 600; }
+#probability { color: #56606d; margin-left: .5rem; }
+.bar { display: grid; grid-template-columns: 11rem 1fr 4.2rem; gap: .6rem; align-items: center; margin: .35rem 0; }
+.bar .name { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.bar .track { background: #e3e8ef; border-radius: .3rem; height: .9rem; overflow: hidden; }
+.bar .fill { background: #2463d1; height: 100%; width: 0; }
+.bar.top .fill { background: #0f8a5f; }
+.bar .value { text-align: right; font-variant-numeric: tabular-nums; }
+.images { display: flex; gap: 1rem; margin-top: 1rem; flex-wrap: wrap; }
+.images figure { margin: 0; }
+.images img { width: 14rem; height: 14rem; object-fit: contain; image-rendering: pixelated; background: #000;
+              border-radius: .3rem; }
+figcaption { font-size: .85rem; color: #56606d; text-align: center; }
+#timing { font-size: .8rem; color: #56606d; margin-top: .8rem; }
+"""
+
+_SCRIPT = """
+"use strict";
+const $ = (id) => document.getElementById(id);
+let previewUrl = null;
+
+function setState(state, text) {
+  document.body.dataset.state = state;
+  $("status").textContent = text || "";
+}
+
+function authHeaders() {
+  const key = $("api-key").value.trim();
+  return key ? { "X-API-Key": key } : {};
+}
+
+function showError(message) {
+  $("result").hidden = true;
+  $("error").textContent = message;
+  $("error").hidden = false;
+  if (/API key/.test(message)) { $("key-box").open = true; }
+  setState("error", "");
+}
+
+async function loadModel() {
+  try {
+    const response = await fetch("/v1/model", { headers: authHeaders() });
+    const info = await response.json();
+    if (!response.ok) {
+      $("model").textContent = info.error || ("HTTP " + response.status);
+      if (response.status === 401) { $("key-box").open = true; }
+      return;
+    }
+    const size = info.input_size ? " \\u00b7 input " + info.input_size + " px" : "";
+    $("model").textContent = (info.architecture || "model") + " (" + (info.backend || "") + ") \\u00b7 " +
+      (info.task || "") +
+      " \\u00b7 classes: " + (info.class_names || []).join(", ") + size +
+      (info.version ? " \\u00b7 version " + String(info.version).slice(0, 12) : "");
+  } catch (err) {
+    $("model").textContent = "model information unavailable: " + err;
+  }
+}
+
+function renderBars(probabilities, predicted) {
+  const bars = $("bars");
+  bars.replaceChildren();
+  for (const [name, p] of Object.entries(probabilities)) {
+    const row = document.createElement("div");
+    row.className = "bar" + (name === predicted ? " top" : "");
+    row.dataset.class = name;
+    const label = document.createElement("span");
+    label.className = "name";
+    label.textContent = name;
+    label.title = name;
+    const track = document.createElement("div");
+    track.className = "track";
+    const fill = document.createElement("div");
+    fill.className = "fill";
+    fill.style.width = (100 * p).toFixed(1) + "%";
+    track.append(fill);
+    const value = document.createElement("span");
+    value.className = "value";
+    value.textContent = (100 * p).toFixed(1) + " %";
+    row.append(label, track, value);
+    bars.append(row);
+  }
+}
+
+async function classify(file) {
+  if (!file) { return; }
+  $("error").hidden = true;
+  $("result").hidden = true;
+  setState("busy", "Classifying " + file.name + " \\u2026");
+  const form = new FormData();
+  form.append("files", file, file.name);
+  let response, body;
+  try {
+    response = await fetch("/v1/predict?explain=true", { method: "POST", body: form, headers: authHeaders() });
+    body = await response.json();
+  } catch (err) {
+    showError("request failed: " + err);
+    return;
+  }
+  if (!response.ok) { showError(body.error || ("HTTP " + response.status)); return; }
+  const prediction = body.predictions[0];
+  $("predicted").textContent = prediction.predicted;
+  $("probability").textContent = (100 * prediction.probability).toFixed(1) + " %";
+  renderBars(prediction.probabilities, prediction.predicted);
+  $("heatmap").src = "data:image/png;base64," + prediction.overlay_png;
+  if (previewUrl) { URL.revokeObjectURL(previewUrl); }
+  previewUrl = URL.createObjectURL(file);
+  $("preview").src = previewUrl;
+  const t = body.timing_ms;
+  $("timing").textContent = "decode " + t.decode.toFixed(1) + " ms \\u00b7 inference " + t.inference.toFixed(1) +
+    " ms \\u00b7 Grad-CAM " + (t.explain || 0).toFixed(1) + " ms \\u00b7 total " + t.total.toFixed(1) + " ms";
+  $("result").hidden = false;
+  setState("done", "");
+}
+
+$("file").addEventListener("change", (event) => classify(event.target.files[0]));
+$("preview").addEventListener("error", () => { $("preview-box").hidden = true; });
+$("preview").addEventListener("load", () => { $("preview-box").hidden = false; });
+const drop = $("drop");
+drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("over");
+  classify(event.dataTransfer.files[0]);
+});
+$("api-key").addEventListener("change", loadModel);
+setState("idle", "");
+loadModel();
+"""
+
+_BODY = """
+<h1>medlens</h1>
+<div id="model">loading model information&hellip;</div>
+<label id="drop" for="file">
+  Drop an image here, or choose a file<br>
+  <input id="file" type="file"
+         accept=".png,.jpg,.jpeg,.bmp,.tif,.tiff,.dcm,.dicom,.nii,.nii.gz,.npy,image/*">
+</label>
+<details id="key-box"><summary>API key</summary>
+  <input id="api-key" type="password" autocomplete="off" placeholder="X-API-Key (only if the server requires one)">
+</details>
+<div id="status" role="status" aria-live="polite"></div>
+<div id="error" role="alert" hidden></div>
+<section id="result" hidden>
+  <div><span id="predicted"></span><span id="probability"></span></div>
+  <div id="bars"></div>
+  <div class="images">
+    <figure id="preview-box" hidden><img id="preview" alt="uploaded image"><figcaption>uploaded</figcaption></figure>
+    <figure><img id="heatmap" alt="Grad-CAM heatmap over the model input"><figcaption>Grad-CAM
+      (model input)</figcaption></figure>
+  </div>
+  <div id="timing"></div>
+</section>
+"""
+
+
+def _csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+PAGE_HTML = (
+    '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+    '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+    '<title>medlens</title>\n<link rel="icon" href="data:,">\n'
+    f"<style>{_STYLE}</style>\n</head>\n<body>{_BODY}<script>{_SCRIPT}</script>\n</body>\n</html>\n"
+)
+
+# Only this page's own script and style run; requests go to this server only.
+PAGE_CSP = (
+    f"default-src 'none'; script-src {_csp_hash(_SCRIPT)}; style-src {_csp_hash(_STYLE)}; "
+    "img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)

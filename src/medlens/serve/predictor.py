@@ -1,0 +1,486 @@
+"""Predict and explain image files with a trained run, through torch or ONNX Runtime.
+
+A :class:`Predictor` is built from a run folder (or a checkpoint) alone. It decodes a file's bytes
+exactly as the training data was decoded (:func:`medlens.data.readers.read_image` at the card's
+input size, then the card's channel count), normalises with the card's mean/std and returns
+probabilities: softmax, or a sigmoid per label for multi-label models.
+
+Everything about a file that the model cannot use (an unsupported or corrupt file, a volume for
+a 2D model, an image too large) raises :class:`InputError`, whose message names the file and the
+reason and nothing else: no DICOM metadata (patient name, ids, dates) is ever put into a message.
+
+Example:
+    >>> predictor = Predictor.load("runs/breast")  # doctest: +SKIP
+    >>> image = predictor.prepare(Path("scan.png").read_bytes(), "scan.png")  # doctest: +SKIP
+    >>> predictor.predict(image[None]).shape  # doctest: +SKIP
+    (1, 2)
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import math
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from medlens.data.readers import (
+    DICOM_SUFFIXES,
+    IMAGE_2D_SUFFIXES,
+    SUPPORTED_SUFFIXES,
+    UnreadableImage,
+    file_suffix,
+    read_image,
+)
+
+BACKENDS = ("torch", "onnx")
+VOLUME_HINT = ".nii, .nii.gz or .npy"
+IMAGE_HINT = ", ".join(IMAGE_2D_SUFFIXES + DICOM_SUFFIXES) + " or a 2-D .npy"
+
+
+class InputError(ValueError):
+    """One input that cannot be used; ``str()`` is a short reason naming it."""
+
+
+def _checkpoint_path(run: str | os.PathLike) -> Path:
+    """The best checkpoint of a run folder, or the ``.safetensors`` of a checkpoint file."""
+    path = Path(run).expanduser()
+    if path.is_dir():
+        return path / "checkpoints" / "best.safetensors"
+    if path.suffix not in (".safetensors", ".json"):
+        raise ValueError(f"{path} is neither a run folder nor a checkpoint (.safetensors or .json)")
+    return path.with_suffix(".safetensors")
+
+
+def run_folder(run: str | os.PathLike) -> Path:
+    """The run folder of ``run``: itself if a folder, else the folder above ``checkpoints/``.
+
+    Args:
+        run: a run folder, or a checkpoint file ``RUN/checkpoints/NAME.safetensors`` (or ``.json``).
+
+    Returns:
+        The run folder (for a checkpoint outside ``checkpoints/``, the folder holding it).
+    """
+    path = Path(run).expanduser()
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def onnx_paths(run: str | os.PathLike) -> tuple[Path, Path]:
+    """``(RUN/export/model.onnx, RUN/export/model.json)`` of a run folder or checkpoint."""
+    folder = run_folder(run) / "export"
+    return folder / "model.onnx", folder / "model.json"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's contents, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _json_ready(value):
+    """Copy of nested dicts/lists with NaN/inf as None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _pixel_count(data: bytes, name: str, suffix: str) -> int | None:
+    """Decoded pixel (voxel) count read from the header alone, before any pixel is decoded.
+
+    Returns None where the format has no cheap header to read. Raises InputError for a header
+    that cannot be parsed (the decoder would fail on it too).
+    """
+    try:
+        if suffix in IMAGE_2D_SUFFIXES:
+            from PIL import Image
+
+            # Image.open reads only the header; .size is known before any pixel is decoded.
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    width, height = img.size
+                    return width * height
+            except Image.DecompressionBombError as exc:  # over twice Pillow's own limit: refused at open
+                raise InputError(f"{name}: {exc}") from None
+        if suffix in DICOM_SUFFIXES:
+            import pydicom
+
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+            frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+            return int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * frames
+        if suffix in (".nii", ".nii.gz"):
+            import nibabel as nib
+
+            handle = gzip.GzipFile(fileobj=io.BytesIO(data)) if data[:2] == b"\x1f\x8b" else io.BytesIO(data)
+            header = nib.Nifti1Header.from_fileobj(handle, check=False)
+            return int(np.prod(header.get_data_shape()[:3], dtype=np.int64))
+        if suffix == ".npy":
+            handle = io.BytesIO(data)
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, _ = read_header(handle)
+            colour = len(shape) == 3 and shape[-1] in (3, 4)
+            return int(np.prod(shape[:-1] if colour else shape, dtype=np.int64))
+    except InputError:
+        raise
+    except Exception as exc:  # header parsers raise many types (OSError, ValueError, struct.error, ...)
+        raise InputError(f"{name}: not a readable {suffix} file ({type(exc).__name__})") from None
+    return None
+
+
+def _gunzip_nifti(data: bytes, name: str) -> bytes:
+    """Inflate a ``.nii.gz`` no further than the size its own header declares.
+
+    Raises:
+        InputError: the stream inflates to more than header + extensions + voxels (+ 1 MiB), or
+            is not a readable gzip / NIfTI stream.
+    """
+    import zlib
+
+    import nibabel as nib
+
+    try:
+        header = nib.Nifti1Header.from_fileobj(gzip.GzipFile(fileobj=io.BytesIO(data)), check=False)
+        voxels = int(np.prod(header.get_data_shape(), dtype=np.int64))
+        expected = int(header.get_data_offset()) + voxels * header.get_data_dtype().itemsize
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip framing
+        limit = expected + (1 << 20)
+        raw = inflater.decompress(data, limit + 1)
+    except Exception as exc:  # zlib.error, OSError, nibabel's HeaderDataError, ...
+        raise InputError(f"{name}: not a readable .nii.gz file ({type(exc).__name__})") from None
+    if len(raw) > limit:
+        raise InputError(f"{name}: inflates to more than the {expected:,} bytes its header declares")
+    return raw
+
+
+def _dicom_frames(data: bytes) -> int:
+    """Number of frames in a DICOM file, from its header (1 when absent or unreadable)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+        return int(getattr(ds, "NumberOfFrames", 1) or 1)
+    except Exception:  # a corrupt file: the decoder reports it with its reason
+        return 1
+
+
+def _to_channels(pixels: np.ndarray, channels: int, spatial_dims: int) -> np.ndarray:
+    """Decoded pixels -> ``(C, *spatial)`` as the training data was stacked.
+
+    Grayscale is repeated over the channels; colour ``(H, W, 3)`` becomes ``(3, H, W)`` for a
+    3-channel model and its ITU-R 601 luma for a 1-channel one (what ``load_folder`` does).
+    """
+    from medlens.data.folder import _stack  # the one conversion training used: stay identical
+
+    return _stack([pixels], channels, spatial_dims)[0]
+
+
+class Predictor:
+    """A trained model ready for files: decode, predict, explain.
+
+    Attributes:
+        card: the model card from the checkpoint.
+        backend: ``"torch"`` or ``"onnx"``.
+        batch_size: images per forward pass in :meth:`predict` (default 64).
+
+    Thread safety: :meth:`prepare`, :meth:`predict` and :meth:`explain` may be called from
+    several threads at once (Grad-CAM runs on its own copy of the model).
+    """
+
+    def __init__(self, card, *, backend: str, weights: Path, model=None, session=None) -> None:
+        """Use :meth:`load`; this takes already-loaded parts.
+
+        Args:
+            card: :class:`~medlens.engine.checkpoint.ModelCard`.
+            backend: ``"torch"`` (``model`` required) or ``"onnx"`` (``session`` required).
+            weights: the ``.safetensors`` checkpoint (hashed for :attr:`info`; loaded for Grad-CAM).
+            model: the torch model, in eval mode.
+            session: an ``onnxruntime.InferenceSession`` of the exported model.
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.card = card
+        self.backend = backend
+        self.batch_size = 64
+        self._weights = Path(weights)
+        self._model = model
+        self._session = session
+        self._lock = threading.Lock()
+        self._version: str | None = None
+        self._task = None
+
+    @classmethod
+    def load(cls, run: str | os.PathLike, *, backend: str = "torch") -> Predictor:
+        """Load a run's best model (or a given checkpoint) for inference.
+
+        Args:
+            run: a run folder (its ``checkpoints/best``), or a ``.safetensors`` / ``.json`` checkpoint.
+            backend: ``"torch"`` (default) or ``"onnx"``: ONNX Runtime on the CPU with 2 intra-op
+                threads, on ``RUN/export/model.onnx`` made by ``medlens export RUN --format onnx``.
+
+        Returns:
+            A :class:`Predictor`.
+
+        Raises:
+            ValueError: an unknown backend, a damaged checkpoint, or an ONNX export made from other
+                weights than the checkpoint's.
+            FileNotFoundError: no checkpoint, or (backend ``onnx``) no exported model.
+        """
+        from medlens.engine.checkpoint import load_card, load_model
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        weights = _checkpoint_path(run)
+        if backend == "torch":
+            model, card = load_model(weights)
+            return cls(card, backend="torch", weights=weights, model=model)
+        card = load_card(weights)
+        onnx_file, onnx_card = onnx_paths(run)
+        if not onnx_file.is_file() or not onnx_card.is_file():
+            raise FileNotFoundError(f"{onnx_file} does not exist; run `medlens export {run_folder(run)} --format onnx` "
+                                    "first, or use --backend torch")
+        exported = json.loads(onnx_card.read_text())
+        if exported.get("weights_sha256") != file_sha256(weights):
+            raise ValueError(f"{onnx_file} was exported from other weights than {weights}; run "
+                             f"`medlens export {run_folder(run)} --format onnx` again")
+        return cls(card, backend="onnx", weights=weights, session=_onnx_session(onnx_file))
+
+    # ------------------------------------------------------------------ decoding
+
+    def prepare(self, data: bytes, name: str, *, max_pixels: int | None = None) -> np.ndarray:
+        """Decode one file's bytes as the training data was decoded.
+
+        Args:
+            data: the file's contents.
+            name: its name (the suffix picks the decoder; the name appears in error messages).
+            max_pixels: refuse an image (or volume) with more decoded pixels (voxels) than this,
+                checked from the header before the pixels are decoded (PNG, JPEG, BMP, TIFF,
+                DICOM, NIfTI, .npy); a ``.nii.gz`` is then also inflated no further than its
+                header declares. Pillow's global limit is left as it is. None: no limit.
+
+        Returns:
+            uint8 ``(C, S, S)`` for a 2D model or ``(C, S, S, S)`` for a 3D one, with the card's
+            channels C and input size S.
+
+        Raises:
+            InputError: unsupported suffix, corrupt file, too many pixels, a volume for a 2D model
+                or a 2D image for a 3D model (including multi-frame DICOM for a 2D model).
+        """
+        dims = self.card.spatial_dims
+        suffix = file_suffix(name)
+        if suffix not in SUPPORTED_SUFFIXES:
+            raise InputError(f"{name}: unsupported file type {suffix or '(none)'!r}; supported: "
+                             f"{', '.join(SUPPORTED_SUFFIXES)}")
+        if max_pixels is not None:
+            count = _pixel_count(data, name, suffix)
+            if count is not None and count > max_pixels:
+                raise InputError(f"{name}: {count:,} pixels is more than the limit of {max_pixels:,}")
+        if max_pixels is not None and suffix == ".nii.gz" and data[:2] == b"\x1f\x8b":
+            # The reader inflates the whole stream; a header claiming a small volume followed by a
+            # stream that inflates to gigabytes must be stopped here, where the size is known.
+            data, name_for_reader = _gunzip_nifti(data, name), name[: -len(".gz")]
+        else:
+            name_for_reader = name
+        if suffix in DICOM_SUFFIXES:
+            frames = _dicom_frames(data)
+            if frames > 1:
+                what = "the model is 2D and takes one image" if dims == 2 else \
+                    f"medlens reads volumes from {VOLUME_HINT} files"
+                raise InputError(f"{name}: multi-frame DICOM ({frames} frames) cannot be used: {what}")
+        try:
+            decoded = read_image(data, name_for_reader, size=self.card.input_size)
+        except UnreadableImage as exc:
+            if suffix in DICOM_SUFFIXES and exc.__cause__ is not None:
+                # A parser's own message may quote element values (names, ids): give only its type.
+                raise InputError(f"{name}: not a readable DICOM file ({type(exc.__cause__).__name__})") from None
+            raise InputError(f"{name}: {exc}") from None
+        if decoded.spatial_dims != dims:
+            if dims == 2:
+                raise InputError(f"{name}: a 3D volume, but the model is 2D; give {IMAGE_HINT} images")
+            raise InputError(f"{name}: a 2D image, but the model is 3D; give {VOLUME_HINT} volumes")
+        return _to_channels(decoded.pixels, self.card.in_channels, dims)
+
+    # ------------------------------------------------------------------ inference
+
+    def _check_batch(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        size, dims = self.card.input_size, self.card.spatial_dims
+        expected = (self.card.in_channels,) + (size,) * dims
+        if images.dtype != np.uint8 or images.ndim != 2 + dims or tuple(images.shape[1:]) != expected:
+            raise ValueError(f"images must be uint8 (B, {', '.join(map(str, expected))}) as prepare() returns, "
+                             f"got {images.dtype} {tuple(images.shape)}")
+        return np.ascontiguousarray(images)
+
+    @property
+    def task(self):
+        """The card's :class:`~medlens.data.registry.Task`."""
+        if self._task is None:
+            from medlens.data.registry import Task
+
+            self._task = Task(self.card.task)
+        return self._task
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities of a batch of prepared images.
+
+        Args:
+            images: uint8 ``(B, C, *spatial)`` stacked from :meth:`prepare` (B may be 0).
+
+        Returns:
+            float32 ``(B, K)``: softmax probabilities, or one sigmoid per label for multi-label
+            models; K = ``len(card.class_names)``.
+
+        Raises:
+            ValueError: wrong dtype or shape (the message gives the expected one).
+        """
+        images = self._check_batch(images)
+        out = np.zeros((len(images), len(self.card.class_names)), dtype=np.float32)
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            out[start:start + len(chunk)] = self._predict_torch(chunk) if self.backend == "torch" \
+                else self._session.run(None, {self._session.get_inputs()[0].name: chunk})[0]
+        return out
+
+    def _predict_torch(self, chunk: np.ndarray) -> np.ndarray:
+        import torch
+
+        from medlens.data.augment import Normalisation, to_float
+
+        with torch.inference_mode():
+            x = to_float(torch.from_numpy(chunk), Normalisation.from_dict(self.card.normalisation))
+            logits = self._model(x).float()
+            probs = torch.sigmoid(logits) if self.task.is_multilabel else torch.softmax(logits, dim=1)
+        return probs.numpy()
+
+    def explain(self, image: np.ndarray, class_index: int | None = None) -> np.ndarray:
+        """Grad-CAM heatmap of one prepared image, always computed with the torch model.
+
+        Args:
+            image: uint8 ``(C, *spatial)`` from :meth:`prepare`.
+            class_index: class to explain, ``0 <= class_index < K``; None: the predicted class.
+
+        Returns:
+            float32 heatmap of the image's spatial shape, in [0, 1].
+
+        Raises:
+            ValueError: wrong image shape or a class index out of range.
+        """
+        import torch
+
+        from medlens.data.augment import Normalisation, to_float
+        from medlens.explain.gradcam import gradcam
+
+        batch = self._check_batch(np.asarray(image)[None])
+        n_classes = len(self.card.class_names)
+        valid = isinstance(class_index, (int, np.integer)) and 0 <= class_index < n_classes
+        if class_index is not None and not valid:
+            raise ValueError(f"class_index must be an int in 0..{n_classes - 1}, got {class_index!r}")
+        x = to_float(torch.from_numpy(batch), Normalisation.from_dict(self.card.normalisation))
+        return gradcam(self._torch_model(), x, class_index=class_index)[0]
+
+    def _torch_model(self):
+        """The torch model (loaded on first use when the backend is ONNX)."""
+        with self._lock:
+            if self._model is None:
+                from medlens.engine.checkpoint import load_model
+
+                self._model, _ = load_model(self._weights)
+            return self._model
+
+    # ------------------------------------------------------------------ description
+
+    @property
+    def version(self) -> str:
+        """First 12 hex digits of the SHA-256 of the weights file: changes whenever the weights do."""
+        if self._version is None:
+            self._version = file_sha256(self._weights)[:12]
+        return self._version
+
+    @property
+    def info(self) -> dict:
+        """JSON-ready summary of the model card, the backend and the weights' content hash."""
+        card = self.card
+        return _json_ready({
+            "architecture": card.architecture,
+            "task": card.task,
+            "class_names": list(card.class_names),
+            "in_channels": card.in_channels,
+            "spatial_dims": card.spatial_dims,
+            "input_size": card.input_size,
+            "dataset": dict(card.dataset),
+            "test_metrics": dict(card.metrics.get("test", {})),
+            "best_epoch": card.metrics.get("epoch", card.metrics.get("best_epoch")),
+            "medlens_version": card.versions.get("medlens"),
+            "backend": self.backend,
+            "version": self.version,
+        })
+
+
+def _onnx_session(path: Path):
+    """ONNX Runtime session on the CPU with 2 intra-op threads (serving shares the machine)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def overlay_png(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45, min_edge: int | None = None) -> bytes:
+    """PNG of an image with its heatmap blended on top in a jet colour map.
+
+    Args:
+        image: uint8 ``(C, H, W)`` or ``(C, D, H, W)`` (C = 1 or 3), as :meth:`Predictor.prepare`
+            returns; 3D shows the middle slice along depth.
+        heatmap: float ``(H, W)`` or ``(D, H, W)`` in [0, 1] (values outside are clipped).
+        alpha: weight of the colour map in the blend, in [0, 1]. Default 0.45.
+        min_edge: enlarge (nearest neighbour, by a whole factor) until the shorter edge is at
+            least this many pixels, so 28-pixel images stay legible; None keeps the size.
+
+    Returns:
+        PNG bytes of an RGB image.
+
+    Raises:
+        ValueError: shapes that do not match, or ``alpha`` outside [0, 1].
+
+    Example:
+        >>> png = overlay_png(np.zeros((1, 8, 8), np.uint8), np.eye(8, dtype=np.float32))
+        >>> png[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
+        True
+    """
+    from matplotlib import colormaps
+    from PIL import Image
+
+    image, heatmap = np.asarray(image), np.asarray(heatmap, dtype=np.float32)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if image.ndim not in (3, 4) or image.shape[0] not in (1, 3) or heatmap.shape != image.shape[1:]:
+        raise ValueError(f"image must be (C, H, W) or (C, D, H, W) with C 1 or 3 and heatmap its spatial shape; "
+                         f"got image {image.shape}, heatmap {heatmap.shape}")
+    if image.ndim == 4:  # (C, D, H, W): the middle slice along depth
+        middle = image.shape[1] // 2
+        image, heatmap = image[:, middle], heatmap[middle]
+    rgb = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image  # (3, H, W)
+    base = rgb.transpose(1, 2, 0).astype(np.float32) / 255.0  # (H, W, 3)
+    colour = colormaps["jet"](np.clip(np.nan_to_num(heatmap), 0.0, 1.0))[..., :3]  # (H, W, 3)
+    blended = ((1.0 - alpha) * base + alpha * colour) * 255.0
+    picture = Image.fromarray(np.clip(blended, 0, 255).round().astype(np.uint8), "RGB")
+    if min_edge is not None and min(picture.size) < min_edge:
+        factor = math.ceil(min_edge / min(picture.size))
+        picture = picture.resize((picture.width * factor, picture.height * factor), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()

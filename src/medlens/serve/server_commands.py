@@ -1,0 +1,107 @@
+"""The ``medlens serve`` command: the HTTP service (upload page and JSON API) with uvicorn.
+
+Only the standard library is imported here; FastAPI, uvicorn and the model backends load when
+the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import math
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+API_KEY_ENV = "MEDLENS_API_KEY"
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
+    return value
+
+
+def _positive(kind: type) -> Callable[[str], float]:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+
+    return parse
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Load RUN's model (exporting ONNX first if needed) and serve it until interrupted."""
+    run = Path(args.run)
+    if not (run / "checkpoints" / "best.safetensors").is_file():
+        raise FileNotFoundError(f"{run} is not a run folder with checkpoints/best.safetensors; "
+                                "train one with 'medlens train DATA --out RUN'")
+    if args.api_key is not None and not args.api_key:
+        raise ValueError("--api-key must not be empty; leave it out to serve without a key")
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
+
+    import uvicorn
+
+    from medlens.serve.app import create_app
+    from medlens.serve.predictor import Predictor, onnx_paths
+
+    onnx_file, onnx_card = onnx_paths(run)
+    if args.backend == "onnx" and not (onnx_file.is_file() and onnx_card.is_file()):
+        from medlens.serve.onnx_export import export_onnx
+
+        print(f"medlens serve: {onnx_file} is missing; exporting it now", file=sys.stderr)
+        export_onnx(run)
+    predictor = Predictor.load(run, backend=args.backend)
+    app = create_app(predictor, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_files=args.max_files,
+                     max_pixels=args.max_pixels, api_key=api_key, freeze_gc=True)
+    if not _is_loopback(args.host) and api_key is None:
+        print(f"medlens serve: warning: listening on {args.host} without an API key; anyone who can reach "
+              f"port {args.port} can use the model (set --api-key or ${API_KEY_ENV})", file=sys.stderr)
+    print(f"medlens serve: {predictor.card.architecture} ({predictor.backend}) on http://{args.host}:{args.port}/ "
+          f"(API /v1/predict, docs /docs){'; API key required' if api_key else ''}", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``medlens serve``."""
+    p = subparsers.add_parser(
+        "serve", help="serve a run's model over HTTP: upload page at /, JSON API at /v1, docs at /docs",
+        description="Serve RUN's best model with uvicorn. POST images to /v1/predict (multipart field 'files', "
+                    "?explain=true for Grad-CAM), GET /v1/model, /healthz, /readyz; open / in a browser to upload.",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder (its checkpoints/best model is served)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--backend", choices=("onnx", "torch"), default="onnx",
+                   help="onnx (default; exports RUN/export/model.onnx first when missing) or torch")
+    p.add_argument("--api-key", help=f"require this key in the X-API-Key header of /v1/* (default: ${API_KEY_ENV}; "
+                                      "unset = no key). The variable keeps the key out of the process list")
+    p.add_argument("--max-upload-mb", type=_positive(float), default=10.0,
+                   help="largest request body in MiB (default 10)")
+    p.add_argument("--max-files", type=_positive(int), default=16, help="most images per request (default 16)")
+    p.add_argument("--max-pixels", type=_positive(int), default=50_000_000,
+                   help="most pixels (voxels) an image may declare, against decompression bombs (default 50000000)")
+    p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info",
+                   help="uvicorn log level (default info)")
+    p.set_defaults(func=cmd_serve)
