@@ -16,8 +16,10 @@ from medlens import __version__
 
 EXIT_ERROR = 1
 # Modules with an ``add_commands(subparsers)`` that registers their commands, in --help order.
-COMMAND_MODULES: tuple[str, ...] = ("medlens.evaluate.commands", "medlens.report.commands", "medlens.serve.commands",
-                                   "medlens.serve.server_commands")
+COMMAND_MODULES: tuple[str, ...] = (
+    "medlens.evaluate.commands", "medlens.report.commands", "medlens.explain.commands", "medlens.serve.commands",
+    "medlens.serve.server_commands",
+)
 
 
 def _int_at_least(text: str, low: int, what: str) -> int:

@@ -19,7 +19,7 @@ import pytest
 from medlens.data import download as download_mod
 from medlens.data.download import cache_root
 from medlens.data.npz import REQUIRED_KEYS, load_npz_arrays, read_npz_header
-from medlens.data.registry import SPLITS, Task, get_dataset_info
+from medlens.data.registry import Task, get_dataset_info
 from medlens.data.source import resolve
 from helpers import single_line
 

@@ -394,6 +394,18 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(predictor,
     assert max(batch_sizes[1:]) > 1, batch_sizes
 
 
+def test_model_thread_ends_with_the_app(predictor, test_pngs):
+    def model_threads() -> int:
+        return sum(thread.name == "medlens-model" for thread in threading.enumerate())
+
+    before = model_threads()
+    with TestClient(create_app(predictor)) as client:
+        _wait_ready(client)
+        assert client.post("/v1/predict", files=_files(("a.png", test_pngs[0]))).status_code == 200
+        assert model_threads() == before + 1
+    assert model_threads() == before  # the lifespan's end stopped (and joined) it
+
+
 def test_random_input_never_causes_a_500(client, test_pngs, medmnist_root):
     """About 200 hostile or broken requests: each answers 4xx (or 200 when valid), never 5xx."""
     rng = np.random.default_rng(20261122)

@@ -64,7 +64,7 @@ def _serve(app):
 
 
 @pytest.fixture(scope="module")
-def server(run, chromium):
+def server(chromium, run):
     from medlens.serve.app import create_app
     from medlens.serve.predictor import Predictor
 
@@ -131,7 +131,7 @@ def test_upload_shows_the_same_prediction_as_the_api(page, server, test_png):
     bars = page.locator("#bars .bar")
     assert bars.count() == 2
     assert [bars.nth(i).get_attribute("data-class") for i in range(2)] == ["malignant", "normal, benign"]
-    assert page.get_attribute(f"#bars .bar.top", "data-class") == expected["predicted"]
+    assert page.get_attribute("#bars .bar.top", "data-class") == expected["predicted"]
     # The Grad-CAM overlay is a PNG the browser decoded; the page's own script ran under its CSP
     # (which also forbids eval: waits below use functions and locators, never strings).
     assert page.get_attribute("#heatmap", "src").startswith("data:image/png;base64,")

@@ -25,7 +25,8 @@ from medlens.cli import main
 from medlens.engine.config import build_config
 from medlens.engine.train import train
 from medlens.serve.inputs import expand_inputs
-from medlens.serve.predictor import InputError, Predictor, overlay_png
+from medlens.explain.render import overlay_png
+from medlens.serve.predictor import InputError, Predictor
 
 PATIENT = ("Doe^Jane", "PID-4711-SECRET", "19610203", "20240517")  # name, id, birth date, study date
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any

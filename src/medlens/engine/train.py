@@ -28,7 +28,6 @@ import math
 import os
 import shutil
 import sys
-import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path

@@ -32,6 +32,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+METHODS = ("gradcam", "gradcampp")
+
 
 def _scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
     """Scale every map of ``(B, 1, *spatial)`` to [0, 1] by its own min and max (flat maps -> 0)."""
@@ -43,19 +45,30 @@ def _scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
     return scaled.view_as(maps)
 
 
-def _per_sample_hooks(model: torch.nn.Module, layer: str):
-    """MONAI's ``ModelWithHooks`` on ``model`` that scores each sample on its own class."""
+def _per_sample_hooks(model: torch.nn.Module, layer: str, ndim: int):
+    """MONAI's ``ModelWithHooks`` on ``model`` that scores each sample on its own class.
+
+    The score comes back shaped ``(B, 1, ...)`` with ``ndim`` axes in all, so Grad-CAM++ (which
+    multiplies ``exp(score)`` into the ``(B, C, *spatial)`` gradients) broadcasts per sample.
+    """
     from monai.visualize.class_activation_maps import ModelWithHooks
 
     class PerSampleScore(ModelWithHooks):
         def class_score(self, logits: torch.Tensor, class_idx) -> torch.Tensor:
             index = torch.as_tensor(class_idx, device=logits.device, dtype=torch.long).reshape(-1)
             index = index.expand(logits.shape[0]) if index.numel() == 1 else index
-            n_classes = logits.shape[1]
+            # A binary model with one output (a sigmoid logit) has two classes: the logit is the
+            # evidence for class 1, its negation the evidence for class 0.
+            single = logits.shape[1] == 1
+            n_classes = 2 if single else logits.shape[1]
             if int(index.min()) < 0 or int(index.max()) >= n_classes:
                 raise ValueError(f"class_index {index.tolist()} out of range for {n_classes} classes "
                                  f"(0..{n_classes - 1})")
-            return logits.gather(1, index.view(-1, 1))[:, 0]  # (B,)
+            if single:
+                score = torch.where(index == 1, logits[:, 0], -logits[:, 0])  # (B,)
+            else:
+                score = logits.gather(1, index.view(-1, 1))[:, 0]  # (B,)
+            return score.view(-1, *([1] * (ndim - 1)))
 
     return PerSampleScore(model, layer, register_forward=True, register_backward=True)
 
@@ -66,6 +79,7 @@ def gradcam(
     *,
     layer: str | None = None,
     class_index: int | Sequence[int] | np.ndarray | torch.Tensor | None = None,
+    method: str = "gradcam",
 ) -> np.ndarray:
     """Grad-CAM heatmaps of ``model`` for the images ``x``.
 
@@ -76,7 +90,10 @@ def gradcam(
         layer: dotted name of the convolutional layer to explain (``model.get_submodule`` syntax);
             default: ``model.gradcam_layer``.
         class_index: the class to explain: one int for every image, one int per image ``(B,)``,
-            or ``None`` for each image's predicted class (argmax of the logits).
+            or ``None`` for each image's predicted class (argmax of the logits; for a binary
+            model with a single output, class 1 where the logit is positive).
+        method: ``gradcam`` (default) or ``gradcampp`` (Grad-CAM++, Chattopadhay et al. 2018:
+            pixel-wise weighted gradients, often sharper when several regions carry evidence).
 
     Returns:
         float32 ``(B, *spatial)``: one heatmap per image at the input's spatial size, each scaled
@@ -94,8 +111,10 @@ def gradcam(
         >>> gradcam(net.eval(), torch.rand(1, 1, 16, 16, 16), class_index=2).shape
         (1, 16, 16, 16)
     """
-    from monai.visualize import GradCAM
+    from monai.visualize import GradCAM, GradCAMpp
 
+    if method not in METHODS:
+        raise ValueError(f"unknown Grad-CAM method {method!r}; valid: {', '.join(METHODS)}")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim not in (4, 5):
         shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
         raise ValueError(f"x must be a float tensor (B, C, H, W) or (B, C, D, H, W), got {shape}")
@@ -111,7 +130,12 @@ def gradcam(
             raise ValueError(f"class_index must be one int or one per image ({x.shape[0]}), got {index.numel()} values")
         class_index = index.to(x.device)
     work = copy.deepcopy(model).eval()  # MONAI's hooks stay on the copy, never on the caller's model
-    cam = GradCAM(_per_sample_hooks(work, layer), target_layers=layer, postprocessing=_scale_to_unit)
+    if class_index is None:
+        with torch.no_grad():
+            logits = work(x)  # (B, K)
+        class_index = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(dim=1)
+    kind = GradCAM if method == "gradcam" else GradCAMpp
+    cam = kind(_per_sample_hooks(work, layer, x.ndim), target_layers=layer, postprocessing=_scale_to_unit)
     with torch.enable_grad():
         # The input must require grad for the backward hook to fire even if the weights are frozen.
         maps = cam(x.detach().clone().requires_grad_(True), class_idx=class_index)  # (B, 1, *spatial)

@@ -68,7 +68,9 @@ class PlainCNN(nn.Module):
             previous = width
         self.features = nn.Sequential(blocks)
         self.num_features = previous
-        self.gradcam_layer = f"features.block{len(channels)}"
+        # The last convolution before its ReLU: after the ReLU a class whose evidence is all
+        # negative there (often the minority class of a binary model) gets a blank Grad-CAM map.
+        self.gradcam_layer = f"features.block{len(channels)}.conv"
         self.feature_size = input_size // 2 ** len(channels)
         if self.feature_size < 1:
             raise ValueError(

@@ -248,7 +248,7 @@ def _gallery_section(evaluation, *, limit: int, explain: bool) -> str:
 
     from medlens.data.augment import Normalisation, to_float
     from medlens.evaluate.metrics import predicted_labels
-    from medlens.serve.predictor import overlay_png
+    from medlens.explain.render import overlay_png
 
     predictions = evaluation.predictions
     model, card = evaluation.model

@@ -92,14 +92,20 @@ def _rows_text(rows: list[dict], suffix: str) -> str:
     return buffer.getvalue()
 
 
-def predict_files(predictor, paths: list[Path], *, explain_dir: Path | None = None, progress: bool = False):
+def predict_files(predictor, paths: list[Path], *, explain_dir: Path | None = None, progress: bool = False,
+                  method: str = "gradcam", layer: str | None = None, target: int | None = None):
     """Predict every file; collect a row per predicted file and a reason per failed one.
 
     Args:
         predictor: a :class:`~medlens.serve.predictor.Predictor` (its ``batch_size`` is used).
         paths: files to predict, in output order.
-        explain_dir: write a Grad-CAM overlay PNG per predicted file here (None: none).
+        explain_dir: write a Grad-CAM figure ``<stem>_gradcam.png`` per predicted file here, with
+            the predicted class and probability written on it; 3D: the three orthogonal middle
+            slices (None: none).
         progress: show a tqdm bar on stderr.
+        method: ``gradcam`` or ``gradcampp``.
+        layer: dotted name of the layer to explain (None: the model's default).
+        target: class index to explain (None: each file's predicted class).
 
     Returns:
         ``(rows, failed)``: rows are dicts ``file, predicted, probability, p_<class>...`` in the
@@ -108,7 +114,8 @@ def predict_files(predictor, paths: list[Path], *, explain_dir: Path | None = No
     import numpy as np
     from tqdm import tqdm
 
-    from medlens.serve.predictor import InputError, overlay_png
+    from medlens.explain.render import explanation_png
+    from medlens.serve.predictor import InputError
 
     names = predictor.card.class_names
     rows: list[dict] = []
@@ -136,9 +143,12 @@ def predict_files(predictor, paths: list[Path], *, explain_dir: Path | None = No
                     rows.append(row)
                     if explain_dir is not None:
                         # Explain the class reported in the row, whichever backend predicted it.
-                        heatmap = predictor.explain(image, class_index=best)
+                        explained = best if target is None else target
+                        heatmap = predictor.explain(image, class_index=explained, method=method, layer=layer)
+                        caption = (f"predicted {names[best]} ({probs[best]:.3f}); "
+                                   f"{'Grad-CAM++' if method == 'gradcampp' else 'Grad-CAM'} of {names[explained]}")
                         _write_bytes(explain_dir / _overlay_name(path, overlays),
-                                     overlay_png(image, heatmap, min_edge=256))
+                                     explanation_png(image, heatmap, caption=caption))
             bar.update(len(chunk))
     return rows, failed
 

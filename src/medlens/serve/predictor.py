@@ -366,12 +366,15 @@ class Predictor:
             probs = torch.sigmoid(logits) if self.task.is_multilabel else torch.softmax(logits, dim=1)
         return probs.numpy()
 
-    def explain(self, image: np.ndarray, class_index: int | None = None) -> np.ndarray:
+    def explain(self, image: np.ndarray, class_index: int | None = None, *, method: str = "gradcam",
+                layer: str | None = None) -> np.ndarray:
         """Grad-CAM heatmap of one prepared image, always computed with the torch model.
 
         Args:
             image: uint8 ``(C, *spatial)`` from :meth:`prepare`.
             class_index: class to explain, ``0 <= class_index < K``; None: the predicted class.
+            method: ``gradcam`` or ``gradcampp`` (see :func:`~medlens.explain.gradcam.gradcam`).
+            layer: dotted name of the layer to explain; None: the model's ``gradcam_layer``.
 
         Returns:
             float32 heatmap of the image's spatial shape, in [0, 1].
@@ -390,7 +393,7 @@ class Predictor:
         if class_index is not None and not valid:
             raise ValueError(f"class_index must be an int in 0..{n_classes - 1}, got {class_index!r}")
         x = to_float(torch.from_numpy(batch), Normalisation.from_dict(self.card.normalisation))
-        return gradcam(self._torch_model(), x, class_index=class_index)[0]
+        return gradcam(self._torch_model(), x, class_index=class_index, method=method, layer=layer)[0]
 
     def _torch_model(self):
         """The torch model (loaded on first use when the backend is ONNX)."""
@@ -437,50 +440,3 @@ def _onnx_session(path: Path):
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
-def overlay_png(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45, min_edge: int | None = None) -> bytes:
-    """PNG of an image with its heatmap blended on top in a jet colour map.
-
-    Args:
-        image: uint8 ``(C, H, W)`` or ``(C, D, H, W)`` (C = 1 or 3), as :meth:`Predictor.prepare`
-            returns; 3D shows the middle slice along depth.
-        heatmap: float ``(H, W)`` or ``(D, H, W)`` in [0, 1] (values outside are clipped).
-        alpha: weight of the colour map in the blend, in [0, 1]. Default 0.45.
-        min_edge: enlarge (nearest neighbour, by a whole factor) until the shorter edge is at
-            least this many pixels, so 28-pixel images stay legible; None keeps the size.
-
-    Returns:
-        PNG bytes of an RGB image.
-
-    Raises:
-        ValueError: shapes that do not match, or ``alpha`` outside [0, 1].
-
-    Example:
-        >>> png = overlay_png(np.zeros((1, 8, 8), np.uint8), np.eye(8, dtype=np.float32))
-        >>> png[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
-        True
-    """
-    from matplotlib import colormaps
-    from PIL import Image
-
-    image, heatmap = np.asarray(image), np.asarray(heatmap, dtype=np.float32)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if image.ndim not in (3, 4) or image.shape[0] not in (1, 3) or heatmap.shape != image.shape[1:]:
-        raise ValueError(f"image must be (C, H, W) or (C, D, H, W) with C 1 or 3 and heatmap its spatial shape; "
-                         f"got image {image.shape}, heatmap {heatmap.shape}")
-    if image.ndim == 4:  # (C, D, H, W): the middle slice along depth
-        middle = image.shape[1] // 2
-        image, heatmap = image[:, middle], heatmap[middle]
-    rgb = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image  # (3, H, W)
-    base = rgb.transpose(1, 2, 0).astype(np.float32) / 255.0  # (H, W, 3)
-    colour = colormaps["jet"](np.clip(np.nan_to_num(heatmap), 0.0, 1.0))[..., :3]  # (H, W, 3)
-    blended = ((1.0 - alpha) * base + alpha * colour) * 255.0
-    picture = Image.fromarray(np.clip(blended, 0, 255).round().astype(np.uint8), "RGB")
-    if min_edge is not None and min(picture.size) < min_edge:
-        factor = math.ceil(min_edge / min(picture.size))
-        picture = picture.resize((picture.width * factor, picture.height * factor), Image.Resampling.NEAREST)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
