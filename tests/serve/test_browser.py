@@ -33,19 +33,6 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture(scope="module")
-def run(medmnist_root, tmp_path_factory):
-    """A 1-epoch cnn_small run on BreastMNIST (28 px)."""
-    from medlens.engine.config import build_config
-    from medlens.engine.train import train
-
-    out = tmp_path_factory.mktemp("browser") / "breast"
-    cfg = build_config({"data": {"spec": "breastmnist", "root": str(medmnist_root)}, "model": {"name": "cnn_small"},
-                        "train": {"epochs": 1, "tracking_uri": "none", "progress": False}})
-    train(cfg, out)
-    return out
-
-
 def _serve(app):
     """Run ``app`` with uvicorn in a thread on a free 127.0.0.1 port; returns (base URL, server, thread)."""
     import uvicorn
@@ -64,11 +51,11 @@ def _serve(app):
 
 
 @pytest.fixture(scope="module")
-def server(chromium, run):
+def server(chromium, breast_run):
     from medlens.serve.app import create_app
     from medlens.serve.predictor import Predictor
 
-    base, uvicorn_server, thread = _serve(create_app(Predictor.load(run, backend="torch"), api_key="browser-key"))
+    base, uvicorn_server, thread = _serve(create_app(Predictor.load(breast_run, backend="torch"), api_key="browser-key"))
     deadline = time.monotonic() + 30
     while httpx.get(f"{base}/readyz").status_code != 200:
         assert time.monotonic() < deadline, "the server never became ready"

@@ -17,32 +17,12 @@ import torch
 from PIL import Image
 
 from medlens.cli import main
-from medlens.engine.config import build_config
-from medlens.engine.train import train
 from medlens.serve import onnx_export
 from medlens.serve.onnx_export import export_onnx
 from medlens.serve.predictor import Predictor
 
 pytestmark = pytest.mark.integration
 ATOL = 1e-4
-
-
-def _train(out: Path, spec: str, root: Path, model: dict) -> Path:
-    cfg = build_config({"data": {"spec": spec, "root": str(root), "batch_size": 64}, "model": model,
-                        "train": {"epochs": 1, "tracking_uri": "none", "progress": False}})
-    train(cfg, out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def breast_run(medmnist_root, tmp_path_factory) -> Path:
-    return _train(tmp_path_factory.mktemp("onnx") / "breast", "breastmnist", medmnist_root, {"name": "cnn_small"})
-
-
-@pytest.fixture(scope="module")
-def adrenal_run(medmnist_root, tmp_path_factory) -> Path:
-    return _train(tmp_path_factory.mktemp("onnx") / "adrenal", "adrenalmnist3d", medmnist_root,
-                  {"name": "resnet_compact", "kwargs": {"width": 8, "stem": "standard"}})
 
 
 @pytest.fixture(scope="module")

@@ -19,18 +19,10 @@ PROGRESS_MIN_FILES = 50  # below this, a progress bar is noise
 OUTPUT_SUFFIXES = (".csv", ".json")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def add_commands(subparsers) -> None:
     """Register ``predict`` and ``export`` on the CLI's sub-parsers."""
+    from medlens.cli import _positive_int
+
     p = subparsers.add_parser("predict", help="predict image files (PNG, JPEG, DICOM, NIfTI, ...) with a trained run")
     p.add_argument("run", metavar="RUN", help="run folder (its best checkpoint) or a .safetensors checkpoint")
     p.add_argument("inputs", metavar="INPUT", nargs="+",

@@ -98,7 +98,7 @@ def _json_ready(value):
     return value
 
 
-def _pixel_count(data: bytes, name: str, suffix: str) -> int | None:
+def _pixel_count(data: bytes, name: str, suffix: str, max_pixels: int) -> int | None:
     """Decoded pixel (voxel) count read from the header alone, before any pixel is decoded.
 
     Returns None where the format has no cheap header to read. Raises InputError for a header
@@ -114,7 +114,11 @@ def _pixel_count(data: bytes, name: str, suffix: str) -> int | None:
                     width, height = img.size
                     return width * height
             except Image.DecompressionBombError as exc:  # over twice Pillow's own limit: refused at open
-                raise InputError(f"{name}: {exc}") from None
+                import re
+
+                size = re.search(r"\((\d+) pixels\)", str(exc))
+                count = f"{int(size.group(1)):,} pixels" if size else "more pixels than Pillow opens"
+                raise InputError(f"{name}: {count} is more than the limit of {max_pixels:,}") from None
         if suffix in DICOM_SUFFIXES:
             import pydicom
 
@@ -286,7 +290,7 @@ class Predictor:
             raise InputError(f"{name}: unsupported file type {suffix or '(none)'!r}; supported: "
                              f"{', '.join(SUPPORTED_SUFFIXES)}")
         if max_pixels is not None:
-            count = _pixel_count(data, name, suffix)
+            count = _pixel_count(data, name, suffix, max_pixels)
             if count is not None and count > max_pixels:
                 raise InputError(f"{name}: {count:,} pixels is more than the limit of {max_pixels:,}")
         if max_pixels is not None and suffix == ".nii.gz" and data[:2] == b"\x1f\x8b":
