@@ -182,6 +182,24 @@ def _devices(text: str | None):
         raise ValueError(f"--devices must be a number or 'auto'; got {text!r}") from None
 
 
+def _build_train_config(args: argparse.Namespace):
+    """``(config, auto plan or None)`` from the flags; ``--recipe auto`` plans from the data and ``--budget``."""
+    from medlens.engine.config import build_config
+
+    overrides = _train_overrides(args)
+    if args.recipe != "auto":
+        if args.budget is not None:
+            raise ValueError("--budget goes with --recipe auto")
+        return build_config(overrides, recipe=args.recipe, file=args.config), None
+    if args.budget is None:
+        raise ValueError("--recipe auto needs --budget, e.g. --budget 5m")
+    from medlens.engine.auto import auto_overrides
+
+    data = dict(build_config(overrides, file=args.config).data.__dict__)
+    plan = auto_overrides(data, args.budget, say=lambda m: print(m, file=sys.stderr))
+    return build_config(overrides, recipe="default", file=args.config, plan=plan.overrides), plan
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from medlens.engine import train as engine
 
@@ -194,14 +212,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError("name the data to train on (e.g. medlens train breastmnist --out runs/x), or --resume RUN")
         if not args.out:
             raise ValueError("--out RUN_FOLDER is required (e.g. --out runs/breast-cnn)")
-        from medlens.engine.config import build_config
-
-        config = build_config(_train_overrides(args), recipe=args.recipe, file=args.config)
+        config, plan = _build_train_config(args)
         if args.seeds > 1:
             from medlens.evaluate.multirun import format_summary, run_group, seed_members
 
             summary = run_group(args.out, seed_members(config, seeds=args.seeds), kind="seeds",
                                 say=lambda m: print(m, file=sys.stderr))
+            if plan is not None:
+                from medlens.evaluate.evaluation import write_json
+
+                write_json(Path(args.out) / "auto.json", plan.to_dict())
             print(format_summary(summary))
             print(f"\n{args.seeds} seeds -> {args.out}/seeds_summary.json")
             if not args.no_report:
@@ -210,6 +230,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                 print(f"report: {build_report(args.out)}", file=sys.stderr)
             return 0
         result = engine.train(config, args.out)
+        if plan is not None:
+            from medlens.evaluate.evaluation import write_json
+
+            write_json(Path(args.out) / "auto.json", plan.to_dict())  # the choices and their reasons
     if result.metrics and not args.no_report:
         from medlens.report.html import build_report
 
@@ -238,7 +262,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run folder to create, e.g. runs/breast-cnn")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last finished epoch")
     p.add_argument("--config", help="YAML file of config sections (data, model, augment, optim, train)")
-    p.add_argument("--recipe", default="default", help="starting point: default, or medmnist (the benchmark protocol)")
+    p.add_argument("--recipe", default="default",
+                   help="starting point: default, fast, medmnist (the benchmark protocol), or auto (fits --budget)")
+    p.add_argument("--budget", help="--recipe auto: the whole run's time budget, e.g. 5m, 90s, 1h")
     g = p.add_argument_group("data")
     g.add_argument("--root", help="folder of MedMNIST .npz files (default: $MEDLENS_DATA)")
     g.add_argument("--size", type=_positive_int, help="image edge in pixels")

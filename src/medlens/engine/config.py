@@ -203,6 +203,8 @@ class TrainConfig:
         tracking_uri: MLflow tracking URI (None: ``sqlite:///<runs folder>/mlflow.db``;
             ``none``: no MLflow).
         progress: show a progress bar per epoch.
+        max_seconds: stop training after this many seconds even if epochs remain (the best
+            checkpoint so far is kept; ``--recipe auto`` sets it from the budget). None: no limit.
     """
 
     epochs: int = 100
@@ -215,9 +217,12 @@ class TrainConfig:
     precision: str = "32-true"
     tracking_uri: str | None = None
     progress: bool = True
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         _at_least("train.epochs", self.epochs, 1, integer=True)
+        if self.max_seconds is not None:
+            _at_least("train.max_seconds", self.max_seconds, 0, strict=True)
         _at_least("train.seed", self.seed, 0, integer=True)
         _choice("train.monitor", self.monitor, MONITORS)
         if self.early_stop is not None:
@@ -311,13 +316,16 @@ def config_from_dict(raw: dict) -> RunConfig:
     return RunConfig(**parts)
 
 
-def build_config(overrides: dict | None = None, *, recipe: str = "default", file: str | Path | None = None) -> RunConfig:
-    """Defaults, then a recipe, then a YAML file, then ``overrides`` (a nested dict of flags).
+def build_config(overrides: dict | None = None, *, recipe: str = "default", file: str | Path | None = None,
+                 plan: dict | None = None) -> RunConfig:
+    """Defaults, then a recipe, then a plan, then a YAML file, then ``overrides`` (a nested dict of flags).
 
     Args:
         overrides: nested dict ``{"optim": {"lr": 0.01}}``; wins over everything else.
         recipe: a name in :data:`RECIPES`.
         file: a YAML file of the same nested shape.
+        plan: nested overrides chosen by ``--recipe auto`` (:mod:`medlens.engine.auto`); the
+            file and the flags still win over it.
 
     Raises:
         ValueError: unknown recipe, section or key, or a bad value.
@@ -326,6 +334,8 @@ def build_config(overrides: dict | None = None, *, recipe: str = "default", file
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; valid: {', '.join(RECIPES)}")
     raw = _merge({}, RECIPES[recipe])
+    if plan:
+        raw = _merge(raw, plan)
     if file is not None:
         raw = _merge(raw, read_yaml(file))
     return config_from_dict(_merge(raw, overrides or {}))

@@ -30,6 +30,7 @@ import shutil
 import sys
 import warnings
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -267,6 +268,7 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int) -> T
     trainer = pl.Trainer(
         accelerator="auto", devices=cfg.train.devices, strategy=cfg.train.strategy,
         num_nodes=cfg.train.num_nodes, precision=cfg.train.precision, max_epochs=cfg.train.epochs,
+        max_time=None if cfg.train.max_seconds is None else timedelta(seconds=cfg.train.max_seconds),
         logger=False, callbacks=callbacks, enable_progress_bar=cfg.train.progress,
         enable_model_summary=False, num_sanity_val_steps=0, gradient_clip_val=cfg.optim.grad_clip,
         plugins=[safetensors_checkpoint_io()], default_root_dir=str(run_dir), use_distributed_sampler=False,

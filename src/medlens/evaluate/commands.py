@@ -21,8 +21,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
-    from medlens.cli import _train_overrides
-    from medlens.engine.config import build_config
+    from medlens.cli import _build_train_config
     from medlens.evaluate.multirun import cv_members, format_summary, run_group
 
     if args.resume:
@@ -32,7 +31,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
         raise ValueError("medlens cv repeats with --repeats N (new folds and seeds each time), not --seeds")
     if not args.data or not args.out:
         raise ValueError("medlens cv needs DATA and --out PARENT_FOLDER (e.g. medlens cv breastmnist --folds 5 --out runs/cv)")
-    config = build_config(_train_overrides(args), recipe=args.recipe, file=args.config)
+    config, _ = _build_train_config(args)
     summary = run_group(args.out, cv_members(config, folds=args.folds, repeats=args.repeats), kind="cv", say=_say)
     print(format_summary(summary))
     print(f"\n{args.folds}-fold cross-validation on train+val (val = the held-out fold; test untouched) "
@@ -55,8 +54,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from medlens.engine.auto import parse_budget
+    from medlens.evaluate.bench import bench
+
+    folder_root = args.folder_root
+    if folder_root is None and os.environ.get("MEDLENS_DATA"):
+        folder_root = str(Path(os.environ["MEDLENS_DATA"]).resolve().parent)  # ../shared/data beside medmnist/
+    summary = bench(args.datasets, budget_s=parse_budget(args.budget), budget_3d_s=parse_budget(args.budget_3d),
+                    seeds=args.seeds, work=Path(args.work), results=Path(args.results),
+                    readme=Path(args.readme) if args.readme else None, folder_root=folder_root, say=_say)
+    from medlens.evaluate.bench import format_markdown
+
+    print(format_markdown(summary["rows"], when=summary["date"]))
+    return 0
+
+
 def add_commands(commands) -> None:
-    """Register ``evaluate``, ``cv`` and ``compare`` on the CLI's sub-parsers."""
+    """Register ``evaluate``, ``cv``, ``compare`` and ``bench`` on the CLI's sub-parsers."""
     from medlens.cli import _add_train_options, _non_negative_int, _positive_int
 
     p = commands.add_parser("evaluate", help="evaluate a run's best model: metrics with CIs, per-class table, "
@@ -88,3 +106,19 @@ def add_commands(commands) -> None:
                    help="bootstrap resamples for runs not yet evaluated (default 1000)")
     p.add_argument("--out", help="also write the comparison as JSON here")
     p.set_defaults(func=cmd_compare)
+
+    from medlens.evaluate.bench import DEFAULT_DATASETS
+
+    p = commands.add_parser("bench", help="the auto recipe on each dataset within a budget, beside the published "
+                                          "MedMNIST v2 table (resumable)")
+    p.add_argument("--datasets", nargs="+", default=list(DEFAULT_DATASETS),
+                   help=f"MedMNIST names, medical-mnist, covid19 or folder:PATH specs (default: {' '.join(DEFAULT_DATASETS)})")
+    p.add_argument("--budget", default="5m", help="budget of each 2D run, e.g. 5m (default 5m)")
+    p.add_argument("--budget-3d", default="10m", help="budget of each 3D run (default 10m)")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds per dataset (default 3)")
+    p.add_argument("--work", default="runs/bench", help="run folders, one per dataset and seed (default runs/bench)")
+    p.add_argument("--results", default="benchmarks/results", help="where bench-<date>.json/.md go")
+    p.add_argument("--readme", default="benchmarks/README.md",
+                   help="markdown file whose bench section is regenerated ('' for none)")
+    p.add_argument("--folder-root", help="folder holding medical_mnist/ and covid19/ (default: beside $MEDLENS_DATA)")
+    p.set_defaults(func=cmd_bench)

@@ -1,0 +1,258 @@
+"""``--recipe auto --budget 5m``: one set of rules that fits a run to a dataset and a time budget.
+
+The rules read only the dataset's properties (training images, image size, channels, 2D/3D,
+classes, task, imbalance) and a throughput probe of a few real training steps on this machine;
+there is no per-dataset constant. What they decide, and why, is written to ``auto.json`` in the
+run folder and printed:
+
+* loss: BCE for multi-label tasks, else cross-entropy; balanced class weights when the largest
+  training class has more than 1.5x the images of the smallest;
+* augmentation: stronger the fewer training images there are (``standard`` below 2,000,
+  ``light`` below 20,000, none above), because small sets overfit first;
+* batch size 64 below 5,000 training images (more steps per epoch), else 128;
+* model: the largest of a ladder of CPU-friendly candidates (2D: the two-conv CNN, then the
+  compact ResNet at widths 16, 24 and 32; 3D: the compact ResNet at widths 8, 16, 24) that
+  still gets the epochs the data needs in the budget (``EPOCH_IMAGES`` / training images,
+  between 8 and 100 epochs: small sets need many passes, large ones few);
+* epochs: what the chosen model affords in the budget, capped at 100; AdamW 3e-3 with a cosine
+  schedule and a short warm-up (the ``fast`` recipe's optimiser);
+* a hard stop (``train.max_seconds``) at the training share of the budget, so a slow machine
+  or a wrong estimate costs epochs, never the budget.
+
+The budget covers everything the run does: the probe, data loading, training, and the final
+evaluation on val and test.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from medlens.data.registry import Task
+
+# (model, kwargs) ladders, cheapest first.
+LADDER_2D = (("cnn_small", {}), ("resnet_compact", {"width": 16}), ("resnet_compact", {"width": 24}),
+             ("resnet_compact", {"width": 32}))
+LADDER_3D = (("resnet_compact", {"width": 8, "stem": "standard"}), ("resnet_compact", {"width": 16, "stem": "standard"}),
+             ("resnet_compact", {"width": 24, "stem": "standard"}))
+EPOCH_IMAGES = 60_000  # images a run should see at least: epochs needed = this / training images
+MIN_EPOCHS, MAX_EPOCHS = 8, 100
+TRAIN_SHARE = 0.80  # of the budget left after the probe; the rest covers loading and evaluation
+IMBALANCE_WEIGHTS = 1.5
+SMALL_DATA, MEDIUM_DATA, BIG_BATCH_DATA = 2_000, 20_000, 5_000
+
+
+@dataclass(frozen=True)
+class DatasetProfile:
+    """What the rules may look at.
+
+    Attributes:
+        n_train: training images.
+        n_eval: validation + test images (evaluated at the end, inside the budget).
+        size: image edge in pixels.
+        channels: 1 or 3.
+        spatial_dims: 2 or 3.
+        n_classes: classes (labels for multi-label).
+        task: the :class:`Task`.
+        imbalance: largest / smallest training class count (1 for multi-label).
+    """
+
+    n_train: int
+    n_eval: int
+    size: int
+    channels: int
+    spatial_dims: int
+    n_classes: int
+    task: Task
+    imbalance: float
+
+
+@dataclass(frozen=True)
+class AutoPlan:
+    """The chosen config overrides, the reason for each choice, and the time estimate."""
+
+    overrides: dict
+    reasons: list[str]
+    budget_s: float
+    estimate_s: float
+    throughput: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_budget(text: str | float) -> float:
+    """``"5m"``, ``"90s"``, ``"1h"``, ``"1h30m"`` or a number of seconds -> seconds.
+
+    Raises:
+        ValueError: anything else, or a budget under 10 seconds.
+    """
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", str(text))
+        if not match or not any(match.groups()):
+            raise ValueError(f"--budget must look like 5m, 90s, 1h or 1h30m; got {text!r}")
+        h, m, s = (float(g) if g else 0.0 for g in match.groups())
+        seconds = 3600 * h + 60 * m + s
+    if not math.isfinite(seconds) or seconds < 10:
+        raise ValueError(f"--budget must be at least 10 seconds; got {text!r}")
+    return seconds
+
+
+def profile_source(source) -> DatasetProfile:
+    """The :class:`DatasetProfile` of a resolved :class:`~medlens.data.source.Source`."""
+    train = source.splits["train"]
+    task = source.info.task
+    counts = train.class_counts(source.info.n_classes)
+    imbalance = 1.0 if task.is_multilabel else float(counts.max() / max(counts[counts > 0].min(), 1))
+    return DatasetProfile(n_train=len(train), n_eval=len(source.splits["val"]) + len(source.splits["test"]),
+                          size=source.size, channels=int(train.images.shape[1]), spatial_dims=train.images.ndim - 2,
+                          n_classes=source.info.n_classes, task=task, imbalance=imbalance)
+
+
+def probe_throughput(name: str, kwargs: dict, profile: DatasetProfile, batch_size: int, *, steps: int = 4,
+                     warmup: int = 2) -> float:
+    """Training images per second of one model here: timed forward + backward + AdamW steps.
+
+    Random input of the dataset's shape, channels-last as the engine runs it; the first
+    ``warmup`` steps (allocation, kernel selection) are not timed.
+    """
+    import torch
+
+    from medlens.models import create_model, get_model_spec
+
+    torch.manual_seed(0)
+    model = create_model(name, in_channels=profile.channels, num_classes=max(profile.n_classes, 2),
+                         spatial_dims=profile.spatial_dims, input_size=profile.size, **kwargs)
+    x = torch.rand(batch_size, profile.channels, *([profile.size] * profile.spatial_dims))
+    if get_model_spec(name).channels_last:
+        fmt = torch.channels_last if profile.spatial_dims == 2 else torch.channels_last_3d
+        model, x = model.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+    y = torch.randint(0, max(profile.n_classes, 2), (batch_size,))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    model.train()
+    start = 0.0
+    for step in range(warmup + steps):
+        if step == warmup:
+            start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def candidate_label(name: str, kwargs: dict) -> str:
+    """``resnet_compact(width=16)``: how a ladder rung is named in reasons and ``auto.json``."""
+    return name + (f"({', '.join(f'{k}={v}' for k, v in kwargs.items())})" if kwargs else "")
+
+
+def needed_epochs(n_train: int) -> int:
+    """Epochs a dataset of ``n_train`` images needs: ``EPOCH_IMAGES / n_train`` in [8, 100]."""
+    return int(min(MAX_EPOCHS, max(MIN_EPOCHS, round(EPOCH_IMAGES / max(n_train, 1)))))
+
+
+def plan_auto(profile: DatasetProfile, budget_s: float, throughput: Callable[[str, dict, int], float], *,
+              spent_s: float = 0.0) -> AutoPlan:
+    """Apply the rules (module docstring) to a dataset and a budget.
+
+    Args:
+        profile: the dataset's properties.
+        budget_s: the whole run's budget in seconds.
+        throughput: ``(model name, kwargs, batch size) -> training images/s`` (the probe, or a
+            stand-in in tests); called cheapest model first, and not past the first model that no
+            longer fits.
+        spent_s: seconds already spent (the probe itself), taken off the budget.
+
+    Returns:
+        :class:`AutoPlan` whose ``overrides`` go into :func:`~medlens.engine.config.build_config`.
+    """
+    reasons = []
+    o: dict = {"data": {}, "model": {}, "augment": {}, "optim": {}, "train": {}}
+    task = profile.task
+    if task.is_multilabel:
+        o["optim"]["loss"] = "bce"
+        reasons.append("loss bce: a multi-label task (one sigmoid per label)")
+    else:
+        o["optim"]["loss"] = "ce"
+        reasons.append(f"loss ce: a {task.value} task")
+    if not task.is_multilabel and profile.imbalance > IMBALANCE_WEIGHTS:
+        o["data"]["class_weights"] = "balanced"
+        reasons.append(f"class weights balanced: the largest class has {profile.imbalance:.1f}x the images of the "
+                       f"smallest (> {IMBALANCE_WEIGHTS})")
+    else:
+        o["data"]["class_weights"] = "none"
+    from medlens.data.augment import AugmentConfig
+
+    preset = "standard" if profile.n_train < SMALL_DATA else "light" if profile.n_train < MEDIUM_DATA else "none"
+    o["augment"] = asdict(AugmentConfig.preset(preset))
+    reasons.append(f"augmentation {preset}: {profile.n_train:,} training images "
+                   f"(standard below {SMALL_DATA:,}, light below {MEDIUM_DATA:,}, none above)")
+    batch = 64 if profile.n_train < BIG_BATCH_DATA else 128
+    o["data"]["batch_size"] = batch
+    reasons.append(f"batch {batch}: {'under' if batch == 64 else 'at least'} {BIG_BATCH_DATA:,} training images")
+
+    need = needed_epochs(profile.n_train)
+    left = max(budget_s - spent_s, 1.0)
+    train_s = left * TRAIN_SHARE
+    ladder = LADDER_3D if profile.spatial_dims == 3 else LADDER_2D
+    measured: dict[str, float] = {}
+    chosen, chosen_rate = None, None
+    for name, kwargs in ladder:
+        rate = throughput(name, kwargs, batch)
+        label = candidate_label(name, kwargs)
+        measured[label] = round(rate, 1)
+        affordable = train_s * rate / profile.n_train
+        if chosen is None or affordable >= need:
+            chosen, chosen_rate, chosen_label = (name, kwargs), rate, label
+        if affordable < need:
+            break
+    epochs = int(max(1, min(MAX_EPOCHS, math.floor(train_s * chosen_rate / profile.n_train))))
+    o["model"] = {"name": chosen[0], "kwargs": dict(chosen[1])}
+    reasons.append(f"model {chosen_label}: the largest candidate that trains the {need} epochs "
+                   f"{profile.n_train:,} images need in {train_s:.0f} s at the measured {chosen_rate:,.0f} img/s"
+                   if epochs >= need else
+                   f"model {chosen_label}: the cheapest candidate; even it affords only {epochs} of the {need} "
+                   f"epochs this data needs in {train_s:.0f} s")
+    warmup = 2 if epochs >= 10 else 0
+    o["optim"].update({"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "schedule": "cosine",
+                       "warmup_epochs": warmup})
+    o["train"].update({"epochs": epochs, "max_seconds": round(train_s, 1), "monitor": "val_auc"})
+    reasons.append(f"epochs {epochs}: {train_s:.0f} s of training at {chosen_rate:,.0f} img/s (cap {MAX_EPOCHS}); "
+                   f"AdamW 3e-3, cosine with {warmup} warm-up epochs; hard stop after {train_s:.0f} s")
+    estimate = spent_s + epochs * profile.n_train / chosen_rate + profile.n_eval / (3 * chosen_rate)
+    return AutoPlan(overrides=o, reasons=reasons, budget_s=budget_s, estimate_s=round(estimate, 1),
+                    throughput=measured)
+
+
+def auto_overrides(data_overrides: dict, budget: str | float, *, say=print) -> AutoPlan:
+    """Resolve the data, probe this machine, and plan; ``data_overrides`` is the config's data section."""
+    from medlens.engine.config import DataConfig, resolve_data
+
+    start = time.perf_counter()
+    budget_s = parse_budget(budget)
+    source = resolve_data(DataConfig(**data_overrides))
+    profile = profile_source(source)
+    say(f"auto: {profile.n_train:,} training images, {profile.size} px, {profile.channels} channel(s), "
+        f"{profile.spatial_dims}D, {profile.n_classes} classes, {profile.task.value}, imbalance "
+        f"{profile.imbalance:.1f}; budget {budget_s:.0f} s; probing throughput")
+
+    def measured(name: str, kwargs: dict, batch: int) -> float:
+        return probe_throughput(name, kwargs, profile, batch)
+
+    # The probe's own time is known only after it ran: plan once to probe, then plan again with it.
+    first = plan_auto(profile, budget_s, measured, spent_s=time.perf_counter() - start)
+    cache = {label: rate for label, rate in first.throughput.items()}
+
+    def cached(name: str, kwargs: dict, batch: int) -> float:
+        label = candidate_label(name, kwargs)
+        return cache[label] if label in cache else measured(name, kwargs, batch)
+
+    plan = plan_auto(profile, budget_s, cached, spent_s=time.perf_counter() - start)
+    for reason in plan.reasons:
+        say(f"auto: {reason}")
+    return plan

@@ -1,0 +1,102 @@
+"""The auto recipe's rules on synthetic dataset descriptions (rules checked, not numbers)."""
+
+from __future__ import annotations
+
+import pytest
+
+from medlens.data.registry import Task
+from medlens.engine.auto import LADDER_2D, LADDER_3D, DatasetProfile, candidate_label, parse_budget, plan_auto
+from medlens.engine.config import build_config
+
+# A stand-in machine: each rung of a ladder is twice as slow as the one before.
+SPEEDS = {candidate_label(n, k): 4000 / 2 ** i for ladder in (LADDER_2D, LADDER_3D) for i, (n, k) in enumerate(ladder)}
+
+
+def _speed(name, kwargs, batch):
+    return SPEEDS[candidate_label(name, kwargs)]
+
+
+def _profile(**changes) -> DatasetProfile:
+    base = dict(n_train=5000, n_eval=1000, size=28, channels=1, spatial_dims=2, n_classes=2, task=Task.BINARY,
+                imbalance=1.0)
+    return DatasetProfile(**{**base, **changes})
+
+
+def test_a_3d_dataset_gets_a_3d_model():
+    plan = plan_auto(_profile(spatial_dims=3), 600, _speed)
+    assert (plan.overrides["model"]["name"], plan.overrides["model"]["kwargs"]) in \
+        [(n, k) for n, k in LADDER_3D]
+    two_d = plan_auto(_profile(), 600, _speed)
+    assert (two_d.overrides["model"]["name"], two_d.overrides["model"]["kwargs"]) in [(n, k) for n, k in LADDER_2D]
+    config = build_config({"data": {"spec": "adrenalmnist3d"}}, plan=plan.overrides)  # a valid config
+    assert config.model.name == "resnet_compact"
+
+
+def test_a_tiny_dataset_gets_stronger_augmentation():
+    tiny, mid, big = (plan_auto(_profile(n_train=n), 300, _speed).overrides["augment"] for n in (500, 8000, 60000))
+    assert tiny["rotate"] > mid["rotate"] > big["rotate"] == 0
+    assert tiny["zoom"] >= mid["zoom"] >= big["zoom"]
+
+
+def test_multilabel_gets_bce_and_imbalance_gets_class_weights():
+    multi = plan_auto(_profile(task=Task.MULTILABEL, n_classes=14, imbalance=9.0), 300, _speed)
+    assert multi.overrides["optim"]["loss"] == "bce" and multi.overrides["data"]["class_weights"] == "none"
+    skewed = plan_auto(_profile(imbalance=3.0), 300, _speed)
+    assert skewed.overrides["optim"]["loss"] == "ce" and skewed.overrides["data"]["class_weights"] == "balanced"
+    even = plan_auto(_profile(imbalance=1.2), 300, _speed)
+    assert even.overrides["data"]["class_weights"] == "none"
+
+
+def test_a_short_budget_gets_a_smaller_model_and_fewer_epochs():
+    ladder = [candidate_label(n, k) for n, k in LADDER_2D]
+
+    def rung(plan):
+        return ladder.index(candidate_label(plan.overrides["model"]["name"], plan.overrides["model"]["kwargs"]))
+
+    short, long = plan_auto(_profile(), 30, _speed), plan_auto(_profile(), 1200, _speed)
+    assert rung(short) < rung(long)
+    starved = plan_auto(_profile(n_train=200_000), 30, _speed)
+    assert rung(starved) == 0 and starved.overrides["train"]["epochs"] < 8  # the cheapest, fewer epochs than needed
+    assert "only" in " ".join(starved.reasons)
+
+
+def test_the_plan_keeps_inside_the_budget_and_says_why():
+    plan = plan_auto(_profile(), 300, _speed, spent_s=20)
+    train = plan.overrides["train"]
+    assert train["max_seconds"] <= 0.8 * (300 - 20) + 1e-9
+    assert plan.estimate_s <= 300
+    assert len(plan.reasons) >= 5 and any(r.startswith("model ") for r in plan.reasons)
+    assert set(plan.throughput) <= set(SPEEDS)
+
+
+@pytest.mark.parametrize("text, seconds", [("5m", 300), ("90s", 90), ("1h", 3600), ("1h30m", 5400), ("45", 45)])
+def test_budgets(text, seconds):
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "5x", "3s", ""])
+def test_bad_budgets(text):
+    with pytest.raises(ValueError, match="--budget"):
+        parse_budget(text)
+
+
+@pytest.mark.integration
+def test_train_recipe_auto_writes_its_choices_and_keeps_the_budget(medmnist_root, tmp_path, capsys):
+    import json
+    import time
+
+    from medlens.cli import main
+
+    run = tmp_path / "auto"
+    start = time.perf_counter()
+    assert main(["train", "breastmnist", "--root", str(medmnist_root), "--recipe", "auto", "--budget", "15s",
+                 "--tracking-uri", "none", "--no-progress", "--no-report", "--out", str(run)]) == 0
+    assert time.perf_counter() - start <= 15 * 1.2
+    plan = json.loads((run / "auto.json").read_text())
+    assert plan["budget_s"] == 15 and plan["overrides"]["train"]["max_seconds"] <= 12
+    err = capsys.readouterr().err
+    assert all(f"auto: {reason}" in err for reason in plan["reasons"])
+    assert main(["train", "breastmnist", "--budget", "5m", "--out", str(tmp_path / "x")]) == 1
+    assert "--budget goes with --recipe auto" in capsys.readouterr().err
+    assert main(["train", "breastmnist", "--recipe", "auto", "--out", str(tmp_path / "y")]) == 1
+    assert "needs --budget" in capsys.readouterr().err
