@@ -139,7 +139,9 @@ def git_info() -> dict:
         src_diff = git("diff", "HEAD", "--", "src")
         return {"commit": git("rev-parse", "HEAD"), "dirty_files": len(git("status", "--porcelain").splitlines()),
                 "src_uncommitted_diff_sha256": hashlib.sha256(src_diff.encode()).hexdigest()[:16] if src_diff else None,
-                "src_uncommitted_files": git("diff", "HEAD", "--name-only", "--", "src").splitlines()}
+                "src_uncommitted_files": git("diff", "HEAD", "--name-only", "--", "src").splitlines(),
+                # files git does not track yet: a run of them is not reproducible from the commit
+                "src_untracked_files": git("ls-files", "--others", "--exclude-standard", "--", "src").splitlines()}
     except (OSError, subprocess.CalledProcessError):
         return {}
 

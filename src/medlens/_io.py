@@ -37,3 +37,43 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def json_ready(value):
+    """A copy fit for strict JSON: numpy scalars and arrays as Python values, NaN and infinities as ``None``.
+
+    Example:
+        >>> json_ready({"auc": float("nan"), "n": [1, 2.5]})
+        {'auc': None, 'n': [1, 2.5]}
+    """
+    import math
+
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays and scalars, without importing numpy
+        return json_ready(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str | os.PathLike, value) -> Path:
+    """Write ``value`` as strict, indented JSON (NaN as ``null``) under an atomic rename; returns the path."""
+    import json
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(json_ready(value), indent=1, allow_nan=False) + "\n")
+    return Path(path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's contents, read in 1 MiB chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -32,11 +32,11 @@ def _int_at_least(text: str, low: int, what: str) -> int:
     return value
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     return _int_at_least(text, 1, "a positive integer")
 
 
-def _non_negative_int(text: str) -> int:
+def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "an integer >= 0")
 
 
@@ -44,7 +44,7 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that resolves a dataset spec."""
     group = parser.add_argument_group("data")
     group.add_argument("--root", help="folder of MedMNIST .npz files (default: $MEDLENS_DATA, else ~/.medlens/data)")
-    group.add_argument("--size", type=_positive_int, help="image edge in pixels (MedMNIST: 28/64/128/224, 3D 28/64; folders: default 64)")
+    group.add_argument("--size", type=positive_int, help="image edge in pixels (MedMNIST: 28/64/128/224, 3D 28/64; folders: default 64)")
     group.add_argument("--seed", type=int, default=0, help="seed of any split medlens makes (default 0)")
     group.add_argument("--ratios", default="0.8/0.1/0.1", help="train/val/test ratios for unsplit folders (default 0.8/0.1/0.1)")
     group.add_argument("--channels", type=int, choices=(1, 3), help="folders: force 1 or 3 channels (default: decided from the images)")
@@ -182,7 +182,7 @@ def _devices(text: str | None):
         raise ValueError(f"--devices must be a number or 'auto'; got {text!r}") from None
 
 
-def _build_train_config(args: argparse.Namespace):
+def build_train_config(args: argparse.Namespace):
     """``(config, auto plan or None)`` from the flags; ``--recipe auto`` plans from the data and ``--budget``."""
     from medlens.engine.config import build_config
 
@@ -212,14 +212,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError("name the data to train on (e.g. medlens train breastmnist --out runs/x), or --resume RUN")
         if not args.out:
             raise ValueError("--out RUN_FOLDER is required (e.g. --out runs/breast-cnn)")
-        config, plan = _build_train_config(args)
+        config, plan = build_train_config(args)
         if args.seeds > 1:
-            from medlens.evaluate.multirun import format_summary, run_group, seed_members
+            from medlens.evaluate.multirun import (
+                format_summary,
+                run_group,
+                seed_members,
+            )
 
             summary = run_group(args.out, seed_members(config, seeds=args.seeds), kind="seeds",
                                 say=lambda m: print(m, file=sys.stderr))
             if plan is not None:
-                from medlens.evaluate.evaluation import write_json
+                from medlens._io import write_json
 
                 write_json(Path(args.out) / "auto.json", plan.to_dict())
             print(format_summary(summary))
@@ -231,7 +235,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 0
         result = engine.train(config, args.out)
         if plan is not None:
-            from medlens.evaluate.evaluation import write_json
+            from medlens._io import write_json
 
             write_json(Path(args.out) / "auto.json", plan.to_dict())  # the choices and their reasons
     if result.metrics and not args.no_report:
@@ -257,7 +261,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train_options(p: argparse.ArgumentParser) -> None:
+def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", metavar="DATA", nargs="?", help="dataset spec (not with --resume)")
     p.add_argument("--out", help="run folder to create, e.g. runs/breast-cnn")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last finished epoch")
@@ -267,17 +271,17 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", help="--recipe auto: the whole run's time budget, e.g. 5m, 90s, 1h")
     g = p.add_argument_group("data")
     g.add_argument("--root", help="folder of MedMNIST .npz files (default: $MEDLENS_DATA)")
-    g.add_argument("--size", type=_positive_int, help="image edge in pixels")
+    g.add_argument("--size", type=positive_int, help="image edge in pixels")
     g.add_argument("--ratios", help="train/val/test ratios for unsplit folders (default 0.8/0.1/0.1)")
     g.add_argument("--channels", type=int, choices=(1, 3), help="folders: force 1 or 3 channels")
-    g.add_argument("--batch-size", type=_positive_int, help="images per batch per process (default 128)")
+    g.add_argument("--batch-size", type=positive_int, help="images per batch per process (default 128)")
     g.add_argument("--class-weights", choices=("none", "balanced"), help="weight the loss by inverse class frequency")
     g.add_argument("--oversample", action="store_true", help="sample training images inversely to class size")
     g = p.add_argument_group("model")
     g.add_argument("--model", help="registered model (see 'medlens models'; default resnet18)")
     g.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="model keyword, e.g. stem=small (repeatable)")
     g.add_argument("--pretrain", choices=("none", "autoencoder"), help="pre-train the encoder as an autoencoder first")
-    g.add_argument("--pretrain-epochs", type=_positive_int, help="autoencoder epochs (default 10)")
+    g.add_argument("--pretrain-epochs", type=positive_int, help="autoencoder epochs (default 10)")
     g.add_argument("--no-channels-last", action="store_true", help="keep the default memory format for 2D convnets")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (slower for small CNNs on CPU)")
     g = p.add_argument_group("augmentation (batched)")
@@ -300,15 +304,15 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--focal-gamma", type=float, help="focal loss focusing parameter (default 2)")
     g.add_argument("--aucm-margin", type=float, help="AUC-margin loss margin (default 1)")
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=_positive_int)
+    g.add_argument("--epochs", type=positive_int)
     g.add_argument("--seed", type=int, help="fixes weights, splits, batch order, augmentation (default 0)")
-    g.add_argument("--seeds", type=_positive_int, default=1, metavar="N",
+    g.add_argument("--seeds", type=positive_int, default=1, metavar="N",
                    help="train N runs with seeds SEED..SEED+N-1 under --out and report mean ± std")
     g.add_argument("--monitor", choices=("val_auc", "val_acc", "val_loss"), help="picks the best checkpoint (default val_auc)")
-    g.add_argument("--early-stop", type=_positive_int, metavar="PATIENCE", help="stop after this many epochs without improvement")
+    g.add_argument("--early-stop", type=positive_int, metavar="PATIENCE", help="stop after this many epochs without improvement")
     g.add_argument("--devices", help="devices per node for Lightning (default 1; 'auto')")
     g.add_argument("--strategy", help="Lightning strategy, e.g. ddp")
-    g.add_argument("--num-nodes", type=_positive_int)
+    g.add_argument("--num-nodes", type=positive_int)
     g.add_argument("--precision", help="Lightning precision (default 32-true; bf16 is slow on CPUs without it)")
     g.add_argument("--tracking-uri", help="MLflow URI (default sqlite:///<runs folder>/mlflow.db; 'none' to disable)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -333,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("fetch", help="download a MedMNIST file (resumable, MD5-verified)")
     p.add_argument("name", help="dataset name, e.g. breastmnist")
-    p.add_argument("--size", type=_positive_int, default=28, help="edge in pixels (default 28)")
+    p.add_argument("--size", type=positive_int, default=28, help="edge in pixels (default 28)")
     p.add_argument("--all-sizes", action="store_true", help="fetch every available size")
     p.add_argument("--root", help="destination folder (default: $MEDLENS_DATA, else ~/.medlens/data)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -342,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("preview", help="write a PNG montage per class and print counts per split")
     p.add_argument("data", metavar="DATA", help="dataset spec")
     p.add_argument("--out", help="PNG to write (default: preview_<name>.png)")
-    p.add_argument("--per-class", type=_positive_int, default=8, help="samples per class row (default 8)")
+    p.add_argument("--per-class", type=positive_int, default=8, help="samples per class row (default 8)")
     p.add_argument("--split", default="train", choices=("train", "val", "test"), help="split to sample (default train)")
     p.add_argument("--view", default="mid", choices=("mid", "mip"), help="3D: middle slice or max-intensity projection")
     p.add_argument("--imbalance-ratio", type=float, default=2.0, help="warn when largest/smallest training class count exceeds this ratio (default 2)")
@@ -354,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = commands.add_parser("train", help="train a model into a run folder (or --resume one)")
-    _add_train_options(p)
+    add_train_options(p)
     p.set_defaults(func=cmd_train)
 
     # Later stages keep their commands beside their code; each module imports only the standard

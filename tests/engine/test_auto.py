@@ -100,3 +100,22 @@ def test_train_recipe_auto_writes_its_choices_and_keeps_the_budget(medmnist_root
     assert "--budget goes with --recipe auto" in capsys.readouterr().err
     assert main(["train", "breastmnist", "--recipe", "auto", "--out", str(tmp_path / "y")]) == 1
     assert "needs --budget" in capsys.readouterr().err
+
+
+def test_an_image_folder_drops_to_28_px_when_64_does_not_fit(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from medlens.engine.auto import auto_overrides
+
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(600):
+            Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(tmp_path / label / f"{i}.png")
+    said = []
+    plan = auto_overrides({"spec": f"folder:{tmp_path}"}, "10s", say=said.append)
+    assert plan.overrides["data"]["size"] == 28 and plan.reasons[0].startswith("size 28 px")
+    # A size the user chose is kept, fitting or not.
+    fixed = auto_overrides({"spec": f"folder:{tmp_path}", "size": 64}, "10s", say=said.append)
+    assert "size" not in fixed.overrides["data"]

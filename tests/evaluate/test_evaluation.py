@@ -51,7 +51,12 @@ def test_evaluate_writes_every_file_and_the_result_file_rescores(breast_run, med
     assert (parts["flag"], parts["split"], parts["run"]) == ("breastmnist", "test", "breast")
     index, y_score = read_medmnist_result(result)
     assert index.tolist() == list(range(156)) and y_score.shape == (156, 2)
-    assert result.read_bytes().startswith(b"\xef\xbb\xbf")  # utf_8_sig, as the official writer
+    assert result.read_bytes().startswith(b"\xef\xbb\xbf")  # utf_8_sig, as the MedMNIST v1 writer
+    import pandas as pd  # how other tools read such a file: the same score matrix, row by row
+
+    table = pd.read_csv(result, header=None, index_col=0, encoding="utf-8-sig")
+    assert table.index.tolist() == list(range(156))
+    np.testing.assert_allclose(table.to_numpy(), result_scores(breast_run), atol=1e-6)
     labels = np.load(medmnist_root / "breastmnist.npz")["test_labels"].reshape(-1)
     assert roc_auc_score(labels, y_score, task=Task.BINARY) == pytest.approx(metrics["auc"], abs=1e-7)
     assert accuracy_score(labels, y_score, task=Task.BINARY) == pytest.approx(metrics["acc"], abs=1e-12)
@@ -71,6 +76,13 @@ def test_evaluate_val_split_is_the_runs_own(breast_run):
     result = evaluate_run(breast_run, split="val", n_bootstrap=0)
     assert result.metrics["n"] == 78 and result.metrics["ci"] == {}
     assert result.folder == breast_run / "eval" / "val"
+
+
+def result_scores(run) -> np.ndarray:
+    """The test probabilities as predictions.csv holds them (independent of the result-file writer)."""
+    with (run / "eval" / "test" / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    return np.array([[float(r["p_malignant"]), float(r["p_normal, benign"])] for r in rows])
 
 
 def _breast_folder(root, medmnist_root, edge: int) -> str:

@@ -52,11 +52,11 @@ def reference_auc(y_true: np.ndarray, y_score: np.ndarray, task: Task) -> float:
 
 
 def reference_acc(y_true: np.ndarray, y_score: np.ndarray, task: Task, threshold: float = 0.5) -> float:
-    """``getACC`` of the MedMNIST evaluator, transcribed (multi-label: ``np.where(y_score < threshold, 0, 1)``,
-    so a score equal to the threshold counts as present; binary: ``y_score[-1] > threshold``, strict)."""
+    """``getACC`` of the MedMNIST v2 evaluator, transcribed (multi-label: ``y_pre = y_score > threshold``;
+    binary: ``y_score[:, -1] > threshold``; both strict)."""
     y_true, y_score = y_true.squeeze(), y_score.squeeze()
     if task is Task.MULTILABEL:
-        y_pre = y_score >= threshold
+        y_pre = y_score > threshold
         return sum(sk_accuracy(y_true[:, i], y_pre[:, i]) for i in range(y_true.shape[1])) / y_true.shape[1]
     if task is Task.BINARY:
         if y_score.ndim == 2:
@@ -102,17 +102,17 @@ def test_binary_by_hand():
     assert accuracy_score(y_true, y_score, task=Task.BINARY, threshold=0.05) == pytest.approx(0.5, abs=1e-9)
 
 
-def test_ties_binary_threshold_is_strict_multilabel_threshold_is_inclusive():
+def test_ties_at_the_threshold_are_negative_for_binary_and_multilabel():
     y_true = np.array([[0], [1], [0]])
     y_score = np.full((3, 2), 0.5)
     assert roc_auc_score(y_true, y_score, task=Task.BINARY) == 0.5
     # 0.5 is not > 0.5: all 0
     assert accuracy_score(y_true, y_score, task=Task.BINARY) == pytest.approx(2 / 3, abs=1e-9)
-    # getACC, multi-label: np.where(y_score < threshold, 0, 1), so 0.5 predicts every label present:
-    # 2 of the 6 cells (the two 1s) are right
+    # getACC (v2), multi-label: y_score > threshold, so 0.5 predicts every label absent:
+    # 4 of the 6 cells (the four 0s) are right
     y_true = np.array([[0, 1], [1, 0], [0, 0]])
-    assert accuracy_score(y_true, np.full((3, 2), 0.5), task=Task.MULTILABEL) == pytest.approx(2 / 6, abs=1e-9)
-    assert reference_acc(y_true, np.full((3, 2), 0.5), Task.MULTILABEL) == pytest.approx(2 / 6, abs=1e-9)
+    assert accuracy_score(y_true, np.full((3, 2), 0.5), task=Task.MULTILABEL) == pytest.approx(4 / 6, abs=1e-9)
+    assert reference_acc(y_true, np.full((3, 2), 0.5), Task.MULTILABEL) == pytest.approx(4 / 6, abs=1e-9)
 
 
 def test_binary_uses_only_the_last_column():
@@ -301,8 +301,8 @@ def test_predicted_labels_follow_the_evaluator_rule():
     # binary: strictly above the threshold; the first column is not looked at
     assert predicted_labels(np.array([[0.9, 0.5], [0.0, 0.51], [0.3]][:2]), task=Task.BINARY).tolist() == [0, 1]
     assert predicted_labels(np.array([[0.5], [0.7]]), task=Task.BINARY, threshold=0.6).tolist() == [0, 1]
-    # multi-label: at or above the threshold
-    assert predicted_labels(np.array([[0.5, 0.49, 0.9]]), task=Task.MULTILABEL).tolist() == [[1, 0, 1]]
+    # multi-label: strictly above the threshold, as binary
+    assert predicted_labels(np.array([[0.5, 0.51, 0.9]]), task=Task.MULTILABEL).tolist() == [[0, 1, 1]]
     # multi-class: argmax, the first column on ties, the threshold ignored
     scores = np.array([[0.4, 0.4, 0.2], [0.1, 0.3, 0.6]])
     assert predicted_labels(scores, task=Task.MULTICLASS, threshold=0.99).tolist() == [0, 2]

@@ -34,7 +34,12 @@ import numpy as np
 
 from medlens._io import atomic_path
 from medlens.data.download import cache_root
-from medlens.data.readers import SUPPORTED_SUFFIXES, UnreadableImage, file_suffix, read_image
+from medlens.data.readers import (
+    SUPPORTED_SUFFIXES,
+    UnreadableImage,
+    file_suffix,
+    read_image,
+)
 from medlens.data.splits import duplicate_groups
 
 SPLIT_FOLDERS = ("train", "val", "test")
@@ -245,7 +250,7 @@ def _decode_all(tree: _Tree, names: list[str], size: int | None, workers: int):
     return [item for chunk in results for item in chunk]
 
 
-def _stack(pixels: list[np.ndarray], channels: int, spatial_dims: int) -> np.ndarray:
+def stack_channels(pixels: list[np.ndarray], channels: int, spatial_dims: int) -> np.ndarray:
     """Stack decoded images into ``(N, C, ...)`` with the dataset's channel count."""
     first = pixels[0]
     spatial = first.shape[:2] if (spatial_dims == 2) else first.shape
@@ -335,7 +340,7 @@ def load_folder(
         raise ValueError(f"images in {where} have different sizes {sorted(shapes)[:4]}; pass a size to resize them")
     if channels is None:
         channels = 3 if any(p.ndim == 3 and spatial_dims == 2 for p in pixels) else 1
-    images = _stack(pixels, channels, spatial_dims)
+    images = stack_channels(pixels, channels, spatial_dims)
     del pixels, decoded
     tag_arr = np.asarray(tags)[keep]
     split_of = {s: np.flatnonzero(tag_arr == s) for s in SPLIT_FOLDERS if (tag_arr == s).any()}

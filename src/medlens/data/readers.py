@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 from typing import NamedTuple
 
 import numpy as np
@@ -90,7 +91,9 @@ def read_image(data: bytes, name: str, *, size: int | None) -> Decoded:
     except UnreadableImage:
         raise
     except Exception as exc:  # decoders raise many types (OSError, EOFError, struct.error, ...)
-        raise UnreadableImage(f"{type(exc).__name__}: {exc}".splitlines()[0][:200]) from exc
+        # Decoders name their in-memory stream ("<_io.BytesIO object at 0x...>"): say "the data" instead.
+        reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the data", f"{type(exc).__name__}: {exc}")
+        raise UnreadableImage(reason.splitlines()[0][:200]) from exc
     raise UnreadableImage(
         f"unsupported file type {suffix or '(none)'!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}"
     )

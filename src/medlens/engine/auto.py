@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -40,6 +41,7 @@ LADDER_3D = (("resnet_compact", {"width": 8, "stem": "standard"}), ("resnet_comp
              ("resnet_compact", {"width": 24, "stem": "standard"}))
 EPOCH_IMAGES = 60_000  # images a run should see at least: epochs needed = this / training images
 MIN_EPOCHS, MAX_EPOCHS = 8, 100
+FALLBACK_SIZE = 28  # px; image folders drop to it when their default size does not fit the budget
 TRAIN_SHARE = 0.80  # of the budget left after the probe; the rest covers loading and evaluation
 IMBALANCE_WEIGHTS = 1.5
 SMALL_DATA, MEDIUM_DATA, BIG_BATCH_DATA = 2_000, 20_000, 5_000
@@ -79,6 +81,7 @@ class AutoPlan:
     budget_s: float
     estimate_s: float
     throughput: dict
+    fits: bool = True  # the chosen model gets the epochs the data needs
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,12 +117,15 @@ def profile_source(source) -> DatasetProfile:
                           n_classes=source.info.n_classes, task=task, imbalance=imbalance)
 
 
-def probe_throughput(name: str, kwargs: dict, profile: DatasetProfile, batch_size: int, *, steps: int = 4,
+def probe_throughput(name: str, kwargs: dict, profile: DatasetProfile, batch_size: int, *, steps: int = 6,
                      warmup: int = 2) -> float:
     """Training images per second of one model here: timed forward + backward + AdamW steps.
 
     Random input of the dataset's shape, channels-last as the engine runs it; the first
-    ``warmup`` steps (allocation, kernel selection) are not timed.
+    ``warmup`` steps (allocation, kernel selection) are not timed, and the rate comes from the
+    median step time, so a short burst of other work on a shared machine (seen here: two
+    processes with two threads each on two cores make single steps 5-30x slower) does not
+    decide the plan.
     """
     import torch
 
@@ -136,14 +142,15 @@ def probe_throughput(name: str, kwargs: dict, profile: DatasetProfile, batch_siz
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
     model.train()
-    start = 0.0
+    times = []
     for step in range(warmup + steps):
-        if step == warmup:
-            start = time.perf_counter()
+        start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         optimizer.step()
-    return steps * batch_size / (time.perf_counter() - start)
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    return batch_size / statistics.median(times)
 
 
 def candidate_label(name: str, kwargs: dict) -> str:
@@ -226,11 +233,18 @@ def plan_auto(profile: DatasetProfile, budget_s: float, throughput: Callable[[st
                    f"AdamW 3e-3, cosine with {warmup} warm-up epochs; hard stop after {train_s:.0f} s")
     estimate = spent_s + epochs * profile.n_train / chosen_rate + profile.n_eval / (3 * chosen_rate)
     return AutoPlan(overrides=o, reasons=reasons, budget_s=budget_s, estimate_s=round(estimate, 1),
-                    throughput=measured)
+                    throughput=measured, fits=epochs >= need)
 
 
 def auto_overrides(data_overrides: dict, budget: str | float, *, say=print) -> AutoPlan:
-    """Resolve the data, probe this machine, and plan; ``data_overrides`` is the config's data section."""
+    """Resolve the data, probe this machine, and plan; ``data_overrides`` is the config's data section.
+
+    Image folders whose size the user did not fix are first planned at their default size; when
+    even the cheapest model cannot train the epochs the data needs there, the plan drops to
+    ``FALLBACK_SIZE`` px (4-5x less compute per image) and says so.
+    """
+    from dataclasses import replace
+
     from medlens.engine.config import DataConfig, resolve_data
 
     start = time.perf_counter()
@@ -240,19 +254,29 @@ def auto_overrides(data_overrides: dict, budget: str | float, *, say=print) -> A
     say(f"auto: {profile.n_train:,} training images, {profile.size} px, {profile.channels} channel(s), "
         f"{profile.spatial_dims}D, {profile.n_classes} classes, {profile.task.value}, imbalance "
         f"{profile.imbalance:.1f}; budget {budget_s:.0f} s; probing throughput")
+    sizes = [profile.size]
+    if str(data_overrides.get("spec", "")).startswith("folder:") and data_overrides.get("size") is None \
+            and profile.size > FALLBACK_SIZE and profile.spatial_dims == 2:
+        sizes.append(FALLBACK_SIZE)
+    cache: dict[tuple, float] = {}
+    for size in sizes:
+        sized = replace(profile, size=size)
 
-    def measured(name: str, kwargs: dict, batch: int) -> float:
-        return probe_throughput(name, kwargs, profile, batch)
+        def rate(name: str, kwargs: dict, batch: int, sized=sized) -> float:
+            key = (sized.size, candidate_label(name, kwargs), batch)
+            if key not in cache:
+                cache[key] = probe_throughput(name, kwargs, sized, batch)
+            return cache[key]
 
-    # The probe's own time is known only after it ran: plan once to probe, then plan again with it.
-    first = plan_auto(profile, budget_s, measured, spent_s=time.perf_counter() - start)
-    cache = {label: rate for label, rate in first.throughput.items()}
-
-    def cached(name: str, kwargs: dict, batch: int) -> float:
-        label = candidate_label(name, kwargs)
-        return cache[label] if label in cache else measured(name, kwargs, batch)
-
-    plan = plan_auto(profile, budget_s, cached, spent_s=time.perf_counter() - start)
+        # The probe's own time is known only after it ran: plan once to probe, then again with it.
+        plan_auto(sized, budget_s, rate, spent_s=time.perf_counter() - start)
+        plan = plan_auto(sized, budget_s, rate, spent_s=time.perf_counter() - start)
+        if plan.fits or size == sizes[-1]:
+            break
+    if size != profile.size:
+        plan.overrides["data"]["size"] = size
+        plan.reasons.insert(0, f"size {size} px: at {profile.size} px even the cheapest model could not train the "
+                               f"{needed_epochs(profile.n_train)} epochs this data needs in the budget")
     for reason in plan.reasons:
         say(f"auto: {reason}")
     return plan

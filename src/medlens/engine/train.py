@@ -171,8 +171,8 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int) -> T
 
     from medlens.data.augment import channel_stats
     from medlens.engine.callbacks import EpochProgressBar, RunRecorder
-    from medlens.engine.config import resolve_data
     from medlens.engine.checkpoint import ModelCard, safetensors_checkpoint_io
+    from medlens.engine.config import resolve_data
     from medlens.engine.losses import create_loss, default_loss
     from medlens.engine.module import ClassifierModule
     from medlens.engine.tracking import Tracker, default_tracking_uri

@@ -22,8 +22,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from medlens._io import atomic_path
-from medlens.evaluate.evaluation import write_json
+from medlens._io import atomic_path, write_json
 
 # Targets of the benchmark issue for the seed datasets (one rule set, no per-dataset tuning:
 # these are the numbers the run is judged against, not settings).
@@ -82,11 +81,28 @@ def run_one(name: str, spec: str, seed: int, budget_s: float, work: Path, *, say
         "ci": {k: {"lower": v["lower"], "upper": v["upper"]} for k, v in metrics["ci"].items()},
         "model": config.model.name, "model_kwargs": dict(config.model.kwargs), "epochs_planned": config.train.epochs,
         "epochs_run": result.metrics["epochs_run"], "best_epoch": result.metrics["best_epoch"],
-        "plan": plan.reasons, "date": date.today().isoformat(),
+        "plan": plan.reasons, "date": date.today().isoformat(), "code": _code_version(),
     }
     write_json(done, record)
     say(f"bench {name} seed {seed}: test ACC {record['acc']:.4f} AUC {record['auc']:.4f} in {wall:.0f} s")
     return record
+
+
+def _code_version() -> dict:
+    """medlens's version, and the git commit when it runs from a checkout (with a flag for local edits)."""
+    import subprocess
+
+    from medlens import __version__
+
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=here.parents[1],
+                                    capture_output=True, text=True, check=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return {"medlens": __version__}
+    return {"medlens": __version__, "commit": commit, "src_modified": dirty}
 
 
 def summarise(records: list[dict]) -> list[dict]:

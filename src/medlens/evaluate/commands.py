@@ -21,7 +21,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
-    from medlens.cli import _build_train_config
+    from medlens.cli import build_train_config
     from medlens.evaluate.multirun import cv_members, format_summary, run_group
 
     if args.resume:
@@ -31,7 +31,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
         raise ValueError("medlens cv repeats with --repeats N (new folds and seeds each time), not --seeds")
     if not args.data or not args.out:
         raise ValueError("medlens cv needs DATA and --out PARENT_FOLDER (e.g. medlens cv breastmnist --folds 5 --out runs/cv)")
-    config, _ = _build_train_config(args)
+    config, _ = build_train_config(args)
     summary = run_group(args.out, cv_members(config, folds=args.folds, repeats=args.repeats), kind="cv", say=_say)
     print(format_summary(summary))
     print(f"\n{args.folds}-fold cross-validation on train+val (val = the held-out fold; test untouched) "
@@ -44,8 +44,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from medlens._io import write_json
     from medlens.evaluate.compare import compare_runs, format_comparison
-    from medlens.evaluate.evaluation import write_json
 
     result = compare_runs(args.runs, benchmark=args.benchmark, split=args.split, n_bootstrap=args.bootstrap)
     print(format_comparison(result))
@@ -75,7 +75,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def add_commands(commands) -> None:
     """Register ``evaluate``, ``cv``, ``compare`` and ``bench`` on the CLI's sub-parsers."""
-    from medlens.cli import _add_train_options, _non_negative_int, _positive_int
+    from medlens.cli import add_train_options, non_negative_int, positive_int
 
     p = commands.add_parser("evaluate", help="evaluate a run's best model: metrics with CIs, per-class table, "
                                              "MedMNIST result file, predictions CSV")
@@ -83,17 +83,17 @@ def add_commands(commands) -> None:
     p.add_argument("--split", default="test", choices=("test", "val", "train"), help="split to evaluate (default test)")
     p.add_argument("--data", help="another dataset spec with the same classes (default: the run's own data)")
     p.add_argument("--root", help="folder of MedMNIST .npz files (default: the run's, else $MEDLENS_DATA)")
-    p.add_argument("--bootstrap", type=_non_negative_int, default=1000,
+    p.add_argument("--bootstrap", type=non_negative_int, default=1000,
                    help="bootstrap resamples for 95%% confidence intervals (default 1000; 0 = none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-    p.add_argument("--batch-size", type=_positive_int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)")
     p.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser("cv", help="stratified k-fold cross-validation on train+val; one run folder per fold")
-    _add_train_options(p)
+    add_train_options(p)
     g = p.add_argument_group("cross-validation")
-    g.add_argument("--folds", type=_positive_int, default=5, help="number of folds, >= 2 (default 5)")
-    g.add_argument("--repeats", type=_positive_int, default=1,
+    g.add_argument("--folds", type=positive_int, default=5, help="number of folds, >= 2 (default 5)")
+    g.add_argument("--repeats", type=positive_int, default=1,
                    help="repeat the k-fold with new fold assignments and seeds (default 1)")
     p.set_defaults(func=cmd_cv)
 
@@ -102,7 +102,7 @@ def add_commands(commands) -> None:
     p.add_argument("runs", metavar="RUN", nargs="+", help="run folders")
     p.add_argument("--benchmark", choices=("medmnist",), help="add the published MedMNIST v2 rows of each dataset")
     p.add_argument("--split", default="test", choices=("test", "val"), help="split compared (default test)")
-    p.add_argument("--bootstrap", type=_non_negative_int, default=1000,
+    p.add_argument("--bootstrap", type=non_negative_int, default=1000,
                    help="bootstrap resamples for runs not yet evaluated (default 1000)")
     p.add_argument("--out", help="also write the comparison as JSON here")
     p.set_defaults(func=cmd_compare)
@@ -115,7 +115,7 @@ def add_commands(commands) -> None:
                    help=f"MedMNIST names, medical-mnist, covid19 or folder:PATH specs (default: {' '.join(DEFAULT_DATASETS)})")
     p.add_argument("--budget", default="5m", help="budget of each 2D run, e.g. 5m (default 5m)")
     p.add_argument("--budget-3d", default="10m", help="budget of each 3D run (default 10m)")
-    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds per dataset (default 3)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds per dataset (default 3)")
     p.add_argument("--work", default="runs/bench", help="run folders, one per dataset and seed (default runs/bench)")
     p.add_argument("--results", default="benchmarks/results", help="where bench-<date>.json/.md go")
     p.add_argument("--readme", default="benchmarks/README.md",

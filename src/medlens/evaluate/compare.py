@@ -32,14 +32,16 @@ def model_cost(run: str | Path) -> dict:
 
 def run_summary(run: str | Path, *, split: str = "test", n_bootstrap: int = 1000) -> dict:
     """One run's row: metrics with CIs, training seconds, params, FLOPs, dataset name."""
+    from medlens._io import file_sha256
     from medlens.engine.checkpoint import load_card
     from medlens.evaluate.evaluation import evaluate_run
 
     run = Path(run)
     path = run / "eval" / split / "metrics.json"
-    if path.is_file():
-        metrics = json.loads(path.read_text())
-    else:
+    metrics = json.loads(path.read_text()) if path.is_file() else None
+    # An earlier evaluation counts only if it scored these very weights, with intervals when asked for.
+    if metrics is None or metrics.get("checkpoint_sha256") != file_sha256(run / "checkpoints" / "best.safetensors") \
+            or (n_bootstrap and not metrics.get("ci")):
         metrics = evaluate_run(run, split=split, n_bootstrap=n_bootstrap).metrics
     train_metrics = run / "metrics.json"
     seconds = json.loads(train_metrics.read_text()).get("seconds") if train_metrics.is_file() else None
@@ -81,6 +83,9 @@ def compare_runs(runs: list[str | Path], *, benchmark: str | None = None, split:
     if benchmark is not None and split != "test":
         raise ValueError(f"published results are on the test split; got --split {split}")
     rows = [run_summary(run, split=split, n_bootstrap=n_bootstrap) for run in runs]
+    if len({row["name"] for row in rows}) < len(rows):  # runs/a/fold0 and runs/b/fold0: name them by path
+        for row in rows:
+            row["name"] = row["run"]
     published: dict[str, list] = {}
     if benchmark == "medmnist":
         from medlens.evaluate.published import published_rows
@@ -94,15 +99,15 @@ def compare_runs(runs: list[str | Path], *, benchmark: str | None = None, split:
                         continue
                     versus[row["name"]] = {
                         "auc_delta": row["auc"] - auc, "acc_delta": row["acc"] - acc,
-                        "auc_ci_excludes": _excludes(row["ci"].get("auc"), auc),
-                        "acc_ci_excludes": _excludes(row["ci"].get("acc"), acc),
+                        "auc_ci_excludes": ci_excludes(row["ci"].get("auc"), auc),
+                        "acc_ci_excludes": ci_excludes(row["ci"].get("acc"), acc),
                     }
                 entries.append({"method": method, "auc": auc, "acc": acc, "versus": versus})
             published[dataset] = entries
     return {"split": split, "benchmark": benchmark, "runs": rows, "published": published}
 
 
-def _excludes(interval: dict | None, value: float) -> int:
+def ci_excludes(interval: dict | None, value: float) -> int:
     if not interval or interval.get("lower") is None or interval.get("upper") is None:
         return 0
     if interval["lower"] > value:

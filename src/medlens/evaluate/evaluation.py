@@ -8,12 +8,14 @@ predicts, and writes into ``RUN/eval/<split>/`` (``RUN/eval/<split>@<data>/`` fo
                      header (schema below); NaN is written as ``null``
     predictions.csv  id (file or row), true label, predicted label, one probability per class
     <flag>_<split>_[AUC]x.xxx_[ACC]x.xxx@<run>.csv
-                     the scores in the official MedMNIST result-file layout (no header; rows
-                     ``index,score_0,...,score_K-1``), as ``medmnist.Evaluator.save_results``
-                     writes them, so they can be submitted or re-scored by the official tool
+                     the scores in the MedMNIST result-file layout: the official evaluator's file
+                     name, no header, rows ``index,score_0,...,score_K-1`` (what
+                     ``pandas.read_csv(path, header=None, index_col=0)`` reads back as the score
+                     matrix), so they can be re-scored by the official tool
 
 ``metrics.json`` schema (``schema_version`` 1): ``schema_version``, ``run``, ``split``, ``data``
-(spec), ``fingerprint`` (of the data and its split), ``model`` (architecture), ``class_names``,
+(spec), ``fingerprint`` (of the data and its split), ``model`` (architecture), ``checkpoint_sha256``
+(of the weights evaluated), ``class_names``,
 ``medlens`` (version), then the body of :func:`~medlens.evaluate.metrics.evaluate_scores`: ``n``,
 ``task``, ``acc``, ``auc``, ``ci`` (bootstrap intervals of ACC, AUC and macro F1), ``per_class``,
 ``confusion``, ``roc``, ``pr``, ``calibration``.
@@ -22,7 +24,6 @@ predicts, and writes into ``RUN/eval/<split>/`` (``RUN/eval/<split>@<data>/`` fo
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 from dataclasses import dataclass, replace
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medlens._io import atomic_path
+from medlens._io import atomic_path, file_sha256, write_json
 
 SPLIT_NAMES = ("train", "val", "test")
 _RESULT_NAME = re.compile(
@@ -110,7 +111,8 @@ def evaluate_run(run: str | Path, *, split: str = "test", data: str | None = Non
     from medlens import __version__
 
     metrics = {"schema_version": METRICS_SCHEMA_VERSION, "run": str(run_dir), "split": split, "data": source.spec,
-               "fingerprint": source.fingerprint, "model": card.architecture, "class_names": list(card.class_names),
+               "fingerprint": source.fingerprint, "model": card.architecture,
+               "checkpoint_sha256": file_sha256(checkpoint), "class_names": list(card.class_names),
                "medlens": __version__, **body}
     files = _write(folder, metrics, predictions, card.class_names, flag=_flag(source.spec), split=split,
                    run_name=run_dir.resolve().name)
@@ -120,9 +122,7 @@ def evaluate_run(run: str | Path, *, split: str = "test", data: str | None = Non
 
 def _other_source(spec: str, data_cfg, card):
     """Resolve ``--data`` at the model's size and channels and check it has the model's classes."""
-    from medlens.data.source import resolve
-
-    from medlens.data.source import parse_spec
+    from medlens.data.source import parse_spec, resolve
 
     # A spec with its own size (breastmnist@64) loads that file and is resized to the model's input.
     own_size = parse_spec(spec)[2]
@@ -170,27 +170,6 @@ def _flag(spec: str) -> str:
     return name if size in ("", "28") else f"{name}_{size}"
 
 
-def _jsonable(value):
-    """Plain JSON: numpy scalars and arrays to Python, NaN and infinities to ``None``."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json(path: Path, value) -> None:
-    """Write ``value`` as strict JSON (NaN as ``null``) under an atomic rename."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_jsonable(value), indent=1, allow_nan=False) + "\n")
-
-
 def _labels_text(y: np.ndarray, class_names: list[str], multilabel: bool) -> list[str]:
     if multilabel:  # the names of the positive labels, ';'-joined
         return [";".join(n for n, on in zip(class_names, row) if on) for row in np.asarray(y)]
@@ -227,11 +206,11 @@ def _three(value: float) -> str:
 
 
 def write_medmnist_result(path: str | Path, y_score: np.ndarray) -> Path:
-    """Write scores as the official MedMNIST evaluator's ``save_results`` does.
+    """Write scores in the MedMNIST result-file layout.
 
-    No header; one row per sample ``index,score_0,...,score_K-1``; UTF-8 with a byte-order mark
-    (the official tool writes ``utf_8_sig``). Scores are written with 9 significant digits, so
-    the file re-scores to the same ACC/AUC.
+    No header; one row per sample ``index,score_0,...,score_K-1``; UTF-8 with a byte-order mark,
+    as the MedMNIST v1 tool wrote (``utf_8_sig``; pandas and the csv module read it either way).
+    Scores are written with 9 significant digits, so the file re-scores to the same ACC/AUC.
     """
     path = Path(path)
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8-sig") as handle:

@@ -18,8 +18,9 @@ Decision rule (:func:`predicted_labels`), the one ``getACC`` of the MedMNIST v2 
 * binary: class 1 where the positive-class score ``y_score[:, -1]`` is ``> threshold`` (strict),
   so a softmax ``(N, 2)`` and a sigmoid ``(N, 1)`` give the same labels;
 * multi-class and ordinal: the argmax (the first column on ties); no threshold;
-* multi-label: a label is present where its score is ``>= threshold`` (the evaluator writes
-  ``np.where(y_score < threshold, 0, 1)``).
+* multi-label: a label is present where its score is ``> threshold`` (strict, as the v2 evaluator's
+  ``y_pre = y_score > threshold``; the v1 evaluator used ``np.where(y_score < threshold, 0, 1)``,
+  which differs only for a score exactly at the threshold).
 
 The official MedMNIST metrics (``getACC`` / ``getAUC``), so numbers compare with the published table:
 
@@ -250,7 +251,7 @@ def predicted_labels(y_score, *, task: Task, threshold: float = 0.5) -> np.ndarr
         y_score: scores ``(N, K)``; binary ``(N, 1)`` or ``(N, 2)``.
         task: the dataset's :class:`Task`.
         threshold: binary: class 1 where ``y_score[:, -1] > threshold``; multi-label: a label is
-            present where its score is ``>= threshold``; not used by multi-class and ordinal
+            present where its score is ``> threshold``; not used by multi-class and ordinal
             tasks (argmax). Default 0.5.
 
     Returns:
@@ -272,7 +273,7 @@ def predicted_labels(y_score, *, task: Task, threshold: float = 0.5) -> np.ndarr
     if task is Task.BINARY:
         return (y_score[:, -1] > threshold).astype(np.int64)
     if task.is_multilabel:
-        return (y_score >= threshold).astype(np.int64)
+        return (y_score > threshold).astype(np.int64)
     return y_score.argmax(axis=1).astype(np.int64)
 
 
@@ -630,7 +631,10 @@ def per_class_report(y_true, y_score, *, task: Task, class_names: Sequence[str] 
         >>> report["classes"][1]["recall"], report["macro"]["specificity"], report["kappa_weights"]
         (0.5, 0.75, 'none')
     """
-    from sklearn.metrics import multilabel_confusion_matrix, precision_recall_fscore_support
+    from sklearn.metrics import (
+        multilabel_confusion_matrix,
+        precision_recall_fscore_support,
+    )
 
     task = _as_task(task)
     y_true, y_score, y_pred, k = _labels_and_predictions(y_true, y_score, task, threshold)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medlens.evaluate.evaluation import write_json
+from medlens._io import write_json
 
 SUMMARY_SCHEMA_VERSION = 1
 # What each member's metrics.json contributes to the summary: (section, key).

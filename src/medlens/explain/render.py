@@ -14,7 +14,7 @@ def overlay_png(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45, 
     """PNG of an image with its heatmap blended on top in a jet colour map.
 
     Args:
-        image: uint8 ``(C, H, W)`` or ``(C, D, H, W)`` (C = 1 or 3), as :meth:`Predictor.prepare`
+        image: uint8 ``(C, H, W)`` or ``(C, D, H, W)`` (C = 1 or 3), as :meth:`~medlens.serve.predictor.Predictor.prepare`
             returns; 3D shows the middle slice along depth.
         heatmap: float ``(H, W)`` or ``(D, H, W)`` in [0, 1] (values outside are clipped).
         alpha: weight of the colour map in the blend, in [0, 1]. Default 0.45.
@@ -80,7 +80,7 @@ def explanation_png(image: np.ndarray, heatmap: np.ndarray, *, caption: str, min
         PNG bytes: one panel for 2D, the three orthogonal middle slices side by side for 3D.
 
     Raises:
-        ValueError: shapes that do not match (as :func:`~medlens.serve.predictor.overlay_png`).
+        ValueError: shapes that do not match (as :func:`overlay_png`).
     """
     from PIL import Image, ImageDraw, ImageFont
 

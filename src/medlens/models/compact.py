@@ -105,4 +105,5 @@ def resnet_compact(
         num_classes,
         stem=resolve_stem(stem, input_size, "resnet_compact"),
         dropout=check_dropout(dropout, "resnet_compact"),
+        input_size=input_size,
     )

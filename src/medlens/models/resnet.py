@@ -12,6 +12,8 @@ Two stems (``stem`` option):
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 
 import torch
@@ -21,6 +23,26 @@ from torch import nn
 from medlens.models._head import PooledHead
 from medlens.models._options import check_dropout, resolve_stem
 from medlens.models.registry import register_model
+
+
+def explain_stage(input_size: int | None, stem: str, *, min_edge: int = 4) -> str:
+    """The deepest stage whose feature map is still at least ``min_edge`` per side, for Grad-CAM.
+
+    The stem divides the input by 1 (small) or 4 (standard: stride-2 convolution and max-pool),
+    and stages 2-4 halve it again. A map of 1 or 2 voxels per side (3D ResNets at 28 px with the
+    standard stem end at 1) says nothing about where the evidence is, so an earlier, finer stage
+    is explained instead. Unknown input size: ``layer4``.
+    """
+    if input_size is None:
+        return "layer4"
+    edge = math.ceil(input_size / (1 if stem == "small" else 4))
+    chosen = "layer1"
+    for stage in range(2, 5):
+        edge = math.ceil(edge / 2)
+        if edge < min_edge:
+            break
+        chosen = f"layer{stage}"
+    return chosen
 
 
 class ResNetClassifier(PooledHead, ResNet):
@@ -61,6 +83,7 @@ class ResNetClassifier(PooledHead, ResNet):
         *,
         stem: str,
         dropout: float = 0.0,
+        input_size: int | None = None,
     ) -> None:
         if stem not in ("small", "standard"):
             raise ValueError(f"stem={stem!r} is not valid; valid: 'small', 'standard'")
@@ -84,7 +107,13 @@ class ResNetClassifier(PooledHead, ResNet):
         self.stem = stem
         self.head_drop = nn.Dropout(dropout)
         self.num_features: int = self.fc.in_features
-        self.gradcam_layer = "layer4"
+        # The last convolution of that stage's last block, before its BatchNorm, the residual sum and
+        # the ReLU: after the ReLU a class whose evidence there is all negative (often the other
+        # class of a binary model) gets a blank Grad-CAM map, as with the plain CNNs.
+        stage = explain_stage(input_size, stem)
+        convs = [name for name, module in self.get_submodule(stage).named_modules()
+                 if isinstance(module, nn.modules.conv._ConvNd) and "downsample" not in name]
+        self.gradcam_layer = f"{stage}.{convs[-1]}"
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, *S) -> (B, F, *s)``: stem and the four stages, before global pooling."""
@@ -130,6 +159,7 @@ def resnet18(
         in_channels,
         num_classes,
         stem=resolve_stem(stem, input_size, "resnet18"),
+        input_size=input_size,
         dropout=check_dropout(dropout, "resnet18"),
     )
 
@@ -166,5 +196,6 @@ def resnet50(
         in_channels,
         num_classes,
         stem=resolve_stem(stem, input_size, "resnet50"),
+        input_size=input_size,
         dropout=check_dropout(dropout, "resnet50"),
     )

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from medlens._io import atomic_path
+from medlens.data.registry import Task
 
 CURVES = (("loss", "Loss"), ("acc", "ACC"), ("auc", "AUC"))
 _EPOCH_AXIS = {"title": {"text": "epoch"}, "tickformat": "d"}
@@ -23,7 +24,7 @@ def _clean(values) -> list:
     return [None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v for v in values]
 
 
-def _figure(title: str, data: list, **layout) -> dict:
+def figure_spec(title: str, data: list, **layout) -> dict:
     return {"data": data, "layout": {**_LAYOUT, "title": {"text": title, "font": {"size": 14}}, **layout}}
 
 
@@ -34,8 +35,8 @@ def curve_figures(history: list[dict]) -> list[dict]:
     for key, title in CURVES:
         data = [{"type": "scatter", "mode": "lines+markers", "name": f"{split} {title}", "x": epochs,
                  "y": _clean([row[f"{split}_{key}"] for row in history])} for split in ("train", "val")]
-        figures.append(_figure(title, data, xaxis=_EPOCH_AXIS))
-    figures.append(_figure("Learning rate", [{"type": "scatter", "mode": "lines", "name": "lr", "x": epochs,
+        figures.append(figure_spec(title, data, xaxis=_EPOCH_AXIS))
+    figures.append(figure_spec("Learning rate", [{"type": "scatter", "mode": "lines", "name": "lr", "x": epochs,
                                               "y": _clean([row["lr"] for row in history])}],
                            xaxis=_EPOCH_AXIS, yaxis={"type": "log"}))
     return figures
@@ -46,15 +47,15 @@ def confusion_figures(metrics: dict) -> list[dict]:
     names = metrics["class_names"]
     counts = metrics["confusion"]["counts"]
     normalized = metrics["confusion"]["normalized"]
-    if metrics["task"] == "multilabel":  # (K, 2, 2): one small matrix per label, as a table of counts
+    if Task(metrics["task"]).is_multilabel:  # (K, 2, 2): one small matrix per label, as a table of counts
         z = [[row[0][0], row[0][1], row[1][0], row[1][1]] for row in counts]
-        return [_figure("Per-label confusion (TN, FP, FN, TP)", [{
+        return [figure_spec("Per-label confusion (TN, FP, FN, TP)", [{
             "type": "heatmap", "z": z, "x": ["TN", "FP", "FN", "TP"], "y": names, "colorscale": "Blues",
             "text": z, "texttemplate": "%{text}"}], height=max(320, 28 * len(names)))]
     out = []
     for title, z, fmt in (("Confusion matrix (counts)", counts, "%{z}"),
                           ("Confusion matrix (row-normalised)", normalized, "%{z:.2f}")):
-        out.append(_figure(title, [{"type": "heatmap", "z": _clean_matrix(z), "x": names, "y": names,
+        out.append(figure_spec(title, [{"type": "heatmap", "z": _clean_matrix(z), "x": names, "y": names,
                                     "colorscale": "Blues", "texttemplate": fmt, "hovertemplate":
                                     "true %{y}<br>predicted %{x}<br>%{z}<extra></extra>"}],
                            xaxis={"title": {"text": "predicted"}}, yaxis={"title": {"text": "true"},
@@ -75,9 +76,9 @@ def roc_pr_figures(metrics: dict) -> list[dict]:
                 "line": {"dash": "dot", "color": "gray"}})
     pr = [{"type": "scatter", "mode": "lines", "name": f"{c['name']} (AP {_num(c['average_precision'])})",
            "x": c["recall"], "y": c["precision"]} for c in metrics["pr"] if c["recall"]]
-    return [_figure("ROC", roc, xaxis={"title": {"text": "false positive rate"}},
+    return [figure_spec("ROC", roc, xaxis={"title": {"text": "false positive rate"}},
                     yaxis={"title": {"text": "true positive rate"}}, hovermode="closest"),
-            _figure("Precision-recall", pr, xaxis={"title": {"text": "recall"}},
+            figure_spec("Precision-recall", pr, xaxis={"title": {"text": "recall"}},
                     yaxis={"title": {"text": "precision"}}, hovermode="closest")]
 
 
@@ -86,7 +87,7 @@ def reliability_figure(metrics: dict) -> dict:
     bins = [b for b in metrics["calibration"]["bins"] if b["count"]]
     centers = [(b["lower"] + b["upper"]) / 2 for b in bins]
     calib = metrics["calibration"]
-    return _figure(f"Reliability (ECE {_num(calib['ece'])}, Brier {_num(calib['brier'])})", [
+    return figure_spec(f"Reliability (ECE {_num(calib['ece'])}, Brier {_num(calib['brier'])})", [
         {"type": "bar", "name": "accuracy", "x": centers, "y": _clean([b["accuracy"] for b in bins]),
          "width": [b["upper"] - b["lower"] for b in bins], "customdata": [b["count"] for b in bins],
          "hovertemplate": "confidence %{x:.2f}<br>accuracy %{y:.3f}<br>%{customdata} images<extra></extra>"},
@@ -101,7 +102,7 @@ def reliability_figure(metrics: dict) -> dict:
 def fold_figure(summary: dict) -> dict:
     """Cross-validation: val and test AUC per fold."""
     names = [r["name"] for r in summary["runs"]]
-    return _figure("AUC per fold", [
+    return figure_spec("AUC per fold", [
         {"type": "bar", "name": f"{split} AUC", "x": names, "y": _clean([r[f"{split}_auc"] for r in summary["runs"]])}
         for split in ("val", "test")], hovermode="closest", yaxis={"range": [0, 1]})
 
@@ -142,7 +143,7 @@ def write_pngs(folder: str | Path, history: list[dict], metrics: dict | None) ->
     if not metrics:
         return written
     names = metrics["class_names"]
-    if metrics["task"] != "multilabel":
+    if not Task(metrics["task"]).is_multilabel:
         fig = Figure(figsize=(3.2 + 0.4 * len(names), 3 + 0.4 * len(names)))
         ax = fig.subplots()
         z = np.array(_clean_matrix(metrics["confusion"]["normalized"]), dtype=float)

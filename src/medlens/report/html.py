@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medlens._io import atomic_path
+from medlens._io import atomic_path, json_ready
 
 GALLERY_DEFAULT = 240
 THUMB_EDGE = 112
@@ -97,7 +97,7 @@ def _run_sections(run: Path, *, gallery: int, split: str, explain: bool, n_boots
 def _group_sections(parent: Path) -> tuple[list[str], str]:
     from medlens.engine.tracking import read_history
     from medlens.evaluate.multirun import summarise
-    from medlens.report.figures import _figure, fold_figure
+    from medlens.report.figures import figure_spec, fold_figure
 
     group = json.loads((parent / "group.json").read_text())
     kind = group["kind"]
@@ -126,7 +126,7 @@ def _group_sections(parent: Path) -> tuple[list[str], str]:
         f"<header><h1>{_e(parent.name)}</h1><p>{_e(kind)} group: {_e(what)}. Data <b>{_e(spec)}</b>, model "
         f"<b>{_e(first['model']['name'])}</b>. Generated {_now()}.</p></header>",
         f"<section><h2>Per-{'fold' if kind == 'cv' else 'seed'} results</h2>{table}</section>",
-        _plots("Per run", [fold_figure(summary), _figure("val AUC per epoch", curves)]),
+        _plots("Per run", [fold_figure(summary), figure_spec("val AUC per epoch", curves)]),
         _published_section(spec, stats["test_auc"]["mean"], stats["test_acc"]["mean"], {},
                            note=f"mean test AUC / ACC over {len(names)} runs"),
         "<section><h2>Config of the first run</h2><pre>" + _e(_yaml(first)) + "</pre></section>",
@@ -199,7 +199,7 @@ def _metrics_section(metrics: dict) -> str:
 
 
 def _published_section(spec: str, auc: float, acc: float, ci: dict, *, note: str = "this run") -> str:
-    from medlens.evaluate.compare import _excludes
+    from medlens.evaluate.compare import ci_excludes
     from medlens.evaluate.published import SOURCE, published_rows
 
     rows_published = published_rows(spec.split("@")[0])
@@ -210,7 +210,7 @@ def _published_section(spec: str, auc: float, acc: float, ci: dict, *, note: str
         cells = []
         for value, published, key in ((auc, p_auc, "auc"), (acc, p_acc, "acc")):
             delta = value - published
-            star = "*" if _excludes(ci.get(key), published) else ""
+            star = "*" if ci_excludes(ci.get(key), published) else ""
             cells.append(f"<span class={'ahead' if delta > 0 else 'behind'}>{delta:+.3f}{star}</span>")
         rows.append([_e(method), f"{p_auc:.3f}", f"{p_acc:.3f}", *cells])
     table = _table(["method", "test AUC", "test ACC", "ΔAUC (medlens − published)", "ΔACC"], rows, raw=True)
@@ -305,20 +305,8 @@ def _gallery_section(evaluation, *, limit: int, explain: bool) -> str:
 
 def _plots(title: str, figures: list[dict]) -> str:
     divs = "".join(f"<div class=plot data-figure='{html.escape(json.dumps(fig, allow_nan=False, default=_nan), quote=True)}'>"
-                   "</div>" for fig in (_strip_nan(f) for f in figures))
+                   "</div>" for fig in (json_ready(f) for f in figures))
     return f"<section><h2>{_e(title)}</h2><div class=grid>{divs}</div></section>"
-
-
-def _strip_nan(value):
-    if isinstance(value, dict):
-        return {k: _strip_nan(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strip_nan(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, np.generic):
-        return _strip_nan(value.item())
-    return value
 
 
 def _nan(value):

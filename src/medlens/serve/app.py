@@ -52,8 +52,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medlens.data.readers import DICOM_SUFFIXES, IMAGE_2D_SUFFIXES, file_suffix
 from medlens.data.registry import Task
-from medlens.serve.page import PAGE_CSP, PAGE_HTML
 from medlens.explain.render import overlay_png
+from medlens.serve.page import PAGE_CSP, PAGE_HTML
 from medlens.serve.predictor import InputError
 
 logger = logging.getLogger("medlens.serve")

@@ -21,7 +21,7 @@ OUTPUT_SUFFIXES = (".csv", ".json")
 
 def add_commands(subparsers) -> None:
     """Register ``predict`` and ``export`` on the CLI's sub-parsers."""
-    from medlens.cli import _positive_int
+    from medlens.cli import positive_int
 
     p = subparsers.add_parser("predict", help="predict image files (PNG, JPEG, DICOM, NIfTI, ...) with a trained run")
     p.add_argument("run", metavar="RUN", help="run folder (its best checkpoint) or a .safetensors checkpoint")
@@ -32,7 +32,7 @@ def add_commands(subparsers) -> None:
                    help="also write a Grad-CAM overlay <stem>_gradcam.png per file into DIR")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="torch (default) or onnx (needs `medlens export RUN --format onnx` first)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default 64)")
     p.set_defaults(func=cmd_predict)
 
     p = subparsers.add_parser("export", help="export a run's best model (ONNX), verified on its test images")

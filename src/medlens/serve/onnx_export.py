@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medlens._io import atomic_path
-from medlens.serve.predictor import _checkpoint_path, _onnx_session, file_sha256, onnx_paths
+from medlens._io import atomic_path, file_sha256
+from medlens.serve.predictor import _checkpoint_path, _onnx_session, onnx_paths
 
 OPSET = 18
 INPUT_NAME = "images"

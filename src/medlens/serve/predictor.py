@@ -19,16 +19,15 @@ Example:
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
-import math
 import os
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from medlens._io import file_sha256, json_ready
 from medlens.data.readers import (
     DICOM_SUFFIXES,
     IMAGE_2D_SUFFIXES,
@@ -76,26 +75,6 @@ def onnx_paths(run: str | os.PathLike) -> tuple[Path, Path]:
     """``(RUN/export/model.onnx, RUN/export/model.json)`` of a run folder or checkpoint."""
     folder = run_folder(run) / "export"
     return folder / "model.onnx", folder / "model.json"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's contents, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _json_ready(value):
-    """Copy of nested dicts/lists with NaN/inf as None (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _pixel_count(data: bytes, name: str, suffix: str, max_pixels: int) -> int | None:
@@ -188,9 +167,11 @@ def _to_channels(pixels: np.ndarray, channels: int, spatial_dims: int) -> np.nda
     Grayscale is repeated over the channels; colour ``(H, W, 3)`` becomes ``(3, H, W)`` for a
     3-channel model and its ITU-R 601 luma for a 1-channel one (what ``load_folder`` does).
     """
-    from medlens.data.folder import _stack  # the one conversion training used: stay identical
+    from medlens.data.folder import (
+        stack_channels,  # the one conversion training used: stay identical
+    )
 
-    return _stack([pixels], channels, spatial_dims)[0]
+    return stack_channels([pixels], channels, spatial_dims)[0]
 
 
 class Predictor:
@@ -421,7 +402,7 @@ class Predictor:
     def info(self) -> dict:
         """JSON-ready summary of the model card, the backend and the weights' content hash."""
         card = self.card
-        return _json_ready({
+        return json_ready({
             "architecture": card.architecture,
             "task": card.task,
             "class_names": list(card.class_names),
