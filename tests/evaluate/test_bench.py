@@ -27,7 +27,7 @@ def test_bench_on_breastmnist_respects_the_budget_and_resumes(medmnist_root, tmp
     assert row["targets"]["auc"]["target"] == 0.92 and row["published"]["resnet18_28"] == {"auc": 0.901, "acc": 0.863}
     text = readme.read_text()
     assert "old table" not in text and text.startswith("# Benchmarks\n\nintro") and text.rstrip().endswith("after")
-    assert "| breastmnist | 1 |" in text and f"{record['acc']:.3f}" in text
+    assert "| breastmnist | 1 |" in text and f"{record['acc']:.4f}" in text
     assert (tmp_path / "results" / summary_file.name.replace(".json", ".md")).is_file()
     capsys.readouterr()
     # A second sitting keeps the finished pair instead of training it again.

@@ -137,8 +137,9 @@ def summarise(records: list[dict]) -> list[dict]:
 def _cell(stats: dict) -> str:
     if not math.isfinite(stats["mean"]):
         return "–"
-    spread = f" ± {stats['std']:.3f}" if math.isfinite(stats["std"]) else ""
-    return f"{stats['mean']:.3f}{spread} [{stats['ci_lower']:.3f}, {stats['ci_upper']:.3f}]"
+    # Four decimals: targets such as ACC >= 0.999 must not be hidden by rounding.
+    spread = f" ± {stats['std']:.4f}" if math.isfinite(stats["std"]) else ""
+    return f"{stats['mean']:.4f}{spread} [{stats['ci_lower']:.3f}, {stats['ci_upper']:.3f}]"
 
 
 def format_markdown(rows: list[dict], *, when: str) -> str:
