@@ -27,7 +27,7 @@ DEMO_RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
 demo: venv
 	$(VENV)/bin/medlens preview breastmnist --out $(DEMO_RUN)-preview.png
 	$(VENV)/bin/medlens train breastmnist --recipe fast --out $(DEMO_RUN)
-	@echo "run folder: $(DEMO_RUN) (metrics.json, history.csv, checkpoints/); MLflow: runs/mlflow.db"
+	@echo "run folder: $(DEMO_RUN) (report.html, metrics.json, history.csv, checkpoints/); MLflow: runs/mlflow.db"
 
 # The browser tests (report and upload page) drive Debian's Chromium with Playwright; never
 # `playwright install`, which downloads a browser. Installed with apt-get when missing and root
