@@ -159,7 +159,7 @@ def _train_overrides(args: argparse.Namespace) -> dict:
         "train": {"epochs": args.epochs, "seed": args.seed, "monitor": args.monitor, "early_stop": args.early_stop,
                   "devices": _devices(args.devices), "strategy": args.strategy, "num_nodes": args.num_nodes,
                   "precision": args.precision, "tracking_uri": args.tracking_uri,
-                  "progress": False if args.no_progress else None},
+                  "progress": False if args.no_progress else None, "members": args.members},
     }
     for section, values in flags.items():
         sections[section].update({k: v for k, v in values.items() if v is not None})
@@ -308,6 +308,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="fixes weights, splits, batch order, augmentation (default 0)")
     g.add_argument("--seeds", type=positive_int, default=1, metavar="N",
                    help="train N runs with seeds SEED..SEED+N-1 under --out and report mean ± std")
+    g.add_argument("--members", type=positive_int, metavar="K",
+                   help="train K models one after another and save their ensemble (mean probability; default 1)")
     g.add_argument("--monitor", choices=("val_auc", "val_acc", "val_loss"), help="picks the best checkpoint (default val_auc)")
     g.add_argument("--early-stop", type=positive_int, metavar="PATIENCE", help="stop after this many epochs without improvement")
     g.add_argument("--devices", help="devices per node for Lightning (default 1; 'auto')")

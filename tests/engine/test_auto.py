@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from medlens.data.registry import Task
-from medlens.engine.auto import LADDER_2D, LADDER_3D, DatasetProfile, candidate_label, parse_budget, plan_auto
+from medlens.engine.auto import (
+    LADDER_2D,
+    LADDER_3D,
+    MAX_MEMBERS,
+    DatasetProfile,
+    candidate_label,
+    needed_epochs,
+    parse_budget,
+    plan_auto,
+)
 from medlens.engine.config import build_config
 
 # A stand-in machine: each rung of a ladder is twice as slow as the one before.
@@ -67,6 +76,21 @@ def test_the_plan_keeps_inside_the_budget_and_says_why():
     assert plan.estimate_s <= 300
     assert len(plan.reasons) >= 5 and any(r.startswith("model ") for r in plan.reasons)
     assert set(plan.throughput) <= set(SPEEDS)
+
+
+def test_spare_budget_buys_ensemble_members_not_endless_epochs():
+    small = _profile(n_train=500)
+    short, roomy, huge = (plan_auto(small, budget, _speed).overrides["train"] for budget in (20, 300, 36_000))
+    assert short["members"] == 1
+    assert 1 < roomy["members"] <= MAX_MEMBERS and huge["members"] == MAX_MEMBERS
+    for train in (roomy, huge):
+        assert needed_epochs(500) <= train["epochs"] <= 100  # every member trains what the data needs
+    plan = plan_auto(small, 300, _speed)
+    assert plan.estimate_s <= 300 and any(r.startswith(f"members {roomy['members']}:") for r in plan.reasons)
+    # A big dataset whose epochs use up the budget stays a single model.
+    assert plan_auto(_profile(n_train=200_000), 300, _speed).overrides["train"]["members"] == 1
+    config = build_config({"data": {"spec": "breastmnist"}}, plan=plan.overrides)  # a valid config
+    assert config.train.members == roomy["members"]
 
 
 @pytest.mark.parametrize("text, seconds", [("5m", 300), ("90s", 90), ("1h", 3600), ("1h30m", 5400), ("45", 45)])

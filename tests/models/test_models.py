@@ -7,6 +7,8 @@ mode BatchNorm needs more than one value per channel).
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -333,10 +335,38 @@ def test_list_models() -> None:
     assert list_models("RESNET1?") == ["resnet18"]
     assert list_models("nothing*") == []
     assert list_models(spatial_dims=2) == names
-    assert list_models(spatial_dims=3) == ["densenet121", "resnet18", "resnet50", "resnet_compact"]
+    assert list_models(spatial_dims=3) == ["densenet121", "ensemble", "resnet18", "resnet50", "resnet_compact"]
     assert list_models("cnn*", spatial_dims=3) == []
     with pytest.raises(ValueError, match=r"spatial_dims 1 is not valid; valid: None, 2, 3"):
         list_models(spatial_dims=1)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"member": "ensemble"}, "member='ensemble' is not valid"),
+        ({"members": 0}, "members=0 is not valid for model 'ensemble'; expected an integer >= 1"),
+        ({"combine": "vote"}, "combine='vote' is not valid for model 'ensemble'; valid: auto, softmax, sigmoid"),
+        ({"member": "resnet19"}, "unknown model 'resnet19'"),
+    ],
+)
+def test_ensemble_options_are_checked(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_model("ensemble", in_channels=1, num_classes=2, **options)
+
+
+@pytest.mark.parametrize("num_classes", [1, 4])
+def test_ensemble_averages_the_members_probabilities(num_classes: int) -> None:
+    torch.manual_seed(0)
+    model = create_model("ensemble", in_channels=1, num_classes=num_classes, member="cnn_small", members=3).eval()
+    x = _input(1, 2)
+    with torch.no_grad():
+        if num_classes == 1:  # one output: the logit of the mean sigmoid
+            expected = torch.stack([m(x).sigmoid() for m in model.members]).mean(0)
+            torch.testing.assert_close(model(x).sigmoid(), expected)
+        else:
+            expected = torch.stack([m(x).softmax(1) for m in model.members]).mean(0)
+            torch.testing.assert_close(model(x).softmax(1), expected)
 
 
 def test_get_model_spec() -> None:

@@ -205,6 +205,10 @@ class TrainConfig:
         progress: show a progress bar per epoch.
         max_seconds: stop training after this many seconds even if epochs remain (the best
             checkpoint so far is kept; ``--recipe auto`` sets it from the budget). None: no limit.
+            With ``members`` > 1 it bounds all members together.
+        members: train this many models of the same architecture on the same split, one after
+            another (member 0 with ``seed``, the others with seeds derived from it), and save them
+            as one ``ensemble`` checkpoint that averages their probabilities (1: a single model).
     """
 
     epochs: int = 100
@@ -218,9 +222,16 @@ class TrainConfig:
     tracking_uri: str | None = None
     progress: bool = True
     max_seconds: float | None = None
+    members: int = 1
 
     def __post_init__(self) -> None:
         _at_least("train.epochs", self.epochs, 1, integer=True)
+        _at_least("train.members", self.members, 1, integer=True)
+        if self.members > 1 and (self.strategy not in ("auto", "single_device") or self.num_nodes > 1
+                                 or self.devices not in (1, "1")):
+            raise ValueError(f"train.members {self.members} trains its members one after another in one process; "
+                             f"it does not combine with strategy {self.strategy!r}, devices {self.devices!r}, "
+                             f"num_nodes {self.num_nodes} (use one device, or members 1)")
         if self.max_seconds is not None:
             _at_least("train.max_seconds", self.max_seconds, 0, strict=True)
         _at_least("train.seed", self.seed, 0, integer=True)

@@ -11,6 +11,11 @@ The run folder::
                        resume.safetensors + resume.json (optimizer, schedule, loops: for --resume)
     metrics.json       at the end: best epoch, val and test ACC/AUC of the best checkpoint
 
+With ``train.members`` K > 1 the run folder holds ``config.yaml``, ``splits.json``, ``train.log``,
+``members/m0 .. m<K-1>`` (each a full run folder as above) and ``checkpoints/best`` (the
+``ensemble`` of the members' best checkpoints) and ``metrics.json`` (the ensemble's, with each
+member's beside it). A resumed ensemble keeps its finished members and resumes the unfinished one.
+
 Example:
     >>> from medlens.engine.config import build_config
     >>> cfg = build_config({"data": {"spec": "breastmnist"}, "model": {"name": "cnn_small"},
@@ -114,6 +119,8 @@ def resume(run_dir: str | os.PathLike) -> TrainResult:
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     state = run_dir / "checkpoints" / "resume.safetensors"
+    if config.train.members > 1:
+        return _run(config, run_dir, resume=True)
     if not state.is_file():
         # Stopped before its first epoch ended (in pre-training, say): the same seed from the start
         # gives exactly the run that was interrupted.
@@ -122,14 +129,16 @@ def resume(run_dir: str | os.PathLike) -> TrainResult:
     return _run(config, run_dir, resume=True)
 
 
-def _run(config: RunConfig, run_dir: Path, *, resume: bool) -> TrainResult:
+def _run(config: RunConfig, run_dir: Path, *, resume: bool, source=None) -> TrainResult:
     rank = _global_rank()
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _setup_log(run_dir, rank)
     try:
         with _quiet_lightning():
-            return _train_in(config, run_dir, resume=resume, rank=rank)
+            if config.train.members > 1:
+                return _train_ensemble(config, run_dir, resume=resume)
+            return _train_in(config, run_dir, resume=resume, rank=rank, source=source)
     except BaseException:
         if created and rank == 0 and not _is_run(run_dir):
             # Failed before the run existed (a bad option, missing data): leave nothing behind.
@@ -166,7 +175,7 @@ def _quiet_lightning():
                 logger.setLevel(level)
 
 
-def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int) -> TrainResult:
+def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, source=None) -> TrainResult:
     import lightning.pytorch as pl
 
     from medlens.data.augment import channel_stats
@@ -181,7 +190,7 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int) -> T
     cfg = config
     pl.seed_everything(cfg.train.seed, verbose=False)
     data = cfg.data
-    source = resolve_data(data)
+    source = source if source is not None else resolve_data(data)
     for warning in source.warnings:
         _say(f"warning: {warning}", rank)
     info = source.info
@@ -318,8 +327,8 @@ def _class_weights(cfg: RunConfig, labels: np.ndarray, num_classes: int) -> torc
     return torch.tensor(class_weights(labels, num_classes), dtype=torch.float32)
 
 
-def _final_metrics(run_dir: Path, source, task, recorder, spatial_dims: int, cfg: RunConfig) -> dict:
-    """Evaluate the best checkpoint on val and test; write metrics.json and the best card's metrics."""
+def _score_best(run_dir: Path, source, task) -> dict:
+    """Val and test ACC/AUC of ``checkpoints/best``, also written into its model card."""
     from medlens.engine.checkpoint import load_model, save_model
     from medlens.evaluate.metrics import accuracy_score, roc_auc_score
     from medlens.evaluate.predict import predict
@@ -335,6 +344,14 @@ def _final_metrics(run_dir: Path, source, task, recorder, spatial_dims: int, cfg
             "auc": roc_auc_score(predictions.y_true, predictions.y_score, task=task),
             "n": int(len(predictions.y_true)),
         }
+    card = replace(card, metrics={**card.metrics, **results})
+    save_model(model, card, best)
+    return results
+
+
+def _final_metrics(run_dir: Path, source, task, recorder, spatial_dims: int, cfg: RunConfig) -> dict:
+    """Evaluate the best checkpoint on val and test; write metrics.json and the best card's metrics."""
+    results = _score_best(run_dir, source, task)
     history = recorder.rows
     metrics = {
         "dataset": source.spec,
@@ -349,9 +366,104 @@ def _final_metrics(run_dir: Path, source, task, recorder, spatial_dims: int, cfg
     }
     with atomic_path(run_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=1))
-    card = replace(card, metrics={**card.metrics, **{"val": results["val"], "test": results["test"]}})
-    save_model(model, card, best)
     return metrics
+
+
+def member_seed(seed: int, index: int) -> int:
+    """Seed of ensemble member ``index``: ``seed`` for member 0, else one drawn from ``(seed, index)``.
+
+    Drawn rather than ``seed + index`` so that ensembles of neighbouring seeds (``--seeds 3``)
+    share no member.
+    """
+    if index == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0] % 2**31)
+
+
+def _train_ensemble(cfg: RunConfig, run_dir: Path, *, resume: bool) -> TrainResult:
+    """``train.members`` K > 1: K member runs one after another, then one ``ensemble`` checkpoint."""
+    import time
+
+    from medlens.engine.checkpoint import load_model, save_model
+    from medlens.engine.config import resolve_data
+    from medlens.engine.tracking import Tracker, default_tracking_uri
+    from medlens.models import create_model
+
+    start = time.perf_counter()
+    k = cfg.train.members
+    source = resolve_data(cfg.data)  # once, shared by the members
+    if resume:
+        started_on = json.loads((run_dir / "splits.json").read_text()).get("fingerprint")
+        if started_on != source.fingerprint:
+            raise ValueError(f"the data of {cfg.data.spec} changed since {run_dir} started; start a new run instead")
+    else:
+        write_yaml(cfg, run_dir / "config.yaml")
+        source.save_splits(run_dir / "splits.json")
+    uri = cfg.train.tracking_uri or default_tracking_uri(run_dir)
+    _say(f"ensemble: {k} members of {cfg.model.name} -> {run_dir / 'members'}", 0)
+    members = []
+    for i in range(k):
+        member_dir = run_dir / "members" / f"m{i}"
+        if (member_dir / "metrics.json").is_file():
+            _say(f"ensemble: member {i} already finished, kept", 0)
+        elif _is_run(member_dir):
+            _say(f"ensemble: resuming member {i}", 0)
+            _run(load_run_config(member_dir), member_dir, resume=(member_dir / "checkpoints" / "resume.safetensors")
+                 .is_file(), source=source)
+        else:
+            max_seconds = None
+            if cfg.train.max_seconds is not None:
+                # What is left of the time limit, shared by the members still to train.
+                max_seconds = max(1.0, (cfg.train.max_seconds - (time.perf_counter() - start)) / (k - i))
+            member_cfg = replace(cfg, train=replace(cfg.train, members=1, seed=member_seed(cfg.train.seed, i),
+                                                    max_seconds=max_seconds, tracking_uri=uri))
+            _say(f"ensemble: member {i} of {k}, seed {member_cfg.train.seed}"
+                 + (f", at most {max_seconds:.0f} s" if max_seconds else ""), 0)
+            _run(member_cfg, member_dir, resume=False, source=source)
+        members.append((member_dir, json.loads((member_dir / "metrics.json").read_text())))
+
+    loaded = [load_model(d / "checkpoints" / "best.safetensors") for d, _ in members]
+    first = loaded[0][1]
+    combine = "sigmoid" if source.info.task.is_multilabel or len(first.class_names) == 1 else "softmax"
+    kwargs = {"member": first.architecture, "member_options": dict(first.model_kwargs), "members": k,
+              "combine": combine}
+    ensemble = create_model("ensemble", in_channels=first.in_channels, num_classes=len(first.class_names),
+                            spatial_dims=first.spatial_dims, input_size=first.input_size, **kwargs)
+    for slot, (model, card) in zip(ensemble.members, loaded):
+        if card.normalisation != first.normalisation:
+            raise ValueError(f"ensemble members of {run_dir} were trained on different data (normalisation differs)")
+        slot.load_state_dict(model.state_dict())
+    card = replace(first, architecture="ensemble", model_kwargs=kwargs, config=cfg.to_dict(),
+                   metrics={"members": [m for _, m in members]})
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    save_model(ensemble, card, run_dir / "checkpoints" / "best.safetensors")
+    results = _score_best(run_dir, source, source.info.task)
+    metrics = {
+        "dataset": source.spec,
+        "model": "ensemble",
+        "member": cfg.model.name,
+        "members": [{"run": f"members/{d.name}", "seed": member_seed(cfg.train.seed, i), "best_epoch": m["best_epoch"],
+                     "epochs_run": m["epochs_run"], "seconds": m["seconds"], "val": m["val"], "test": m["test"]}
+                    for i, (d, m) in enumerate(members)],
+        "best_epoch": [m["best_epoch"] for _, m in members],
+        "monitor": cfg.train.monitor,
+        "epochs_run": int(sum(m["epochs_run"] for _, m in members)),
+        "seconds": float(sum(m["seconds"] for _, m in members)),
+        "train_images_per_second": float(np.median([m["train_images_per_second"] for _, m in members])),
+        "val": results["val"],
+        "test": results["test"],
+    }
+    with atomic_path(run_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=1))
+    tracker = Tracker(uri, run_dir, cfg.to_dict())
+    tracker.log_metrics({f"{split}_{key}": v for split in ("val", "test") for key, v in results[split].items()},
+                        step=metrics["epochs_run"])
+    tracker.finish([run_dir / "metrics.json", run_dir / "config.yaml", run_dir / "checkpoints" / "best.json"])
+    singles = ", ".join(f"{m['test']['auc']:.3f}" for _, m in members)
+    _say(f"ensemble of {k} done in {time.perf_counter() - start:.0f} s: val ACC {results['val']['acc']:.3f} "
+         f"AUC {results['val']['auc']:.3f}, test ACC {results['test']['acc']:.3f} AUC {results['test']['auc']:.3f} "
+         f"(members' test AUC {singles}) -> {run_dir}", 0)
+    return TrainResult(run_dir, metrics, run_dir / "checkpoints" / "best.safetensors")
 
 
 class _DataModule:

@@ -85,6 +85,7 @@ def _run_sections(run: Path, *, gallery: int, split: str, explain: bool, n_boots
         _header(run, card, train_metrics),
         _data_section(run, card),
         _plots("Training curves", curve_figures(history)) if history else "",
+        _members_section(run, train_metrics),
         _metrics_section(metrics),
         _plots("Confusion matrix", confusion_figures(metrics)),
         _plots("ROC, precision-recall and calibration", [*roc_pr_figures(metrics), reliability_figure(metrics)]),
@@ -134,13 +135,44 @@ def _group_sections(parent: Path) -> tuple[list[str], str]:
     return sections, f"medlens report: {parent.name} ({kind})"
 
 
+def _members_section(run: Path, train_metrics: dict) -> str:
+    """An ensemble run: each member's scores beside the ensemble's, and their val AUC per epoch."""
+    from medlens.engine.tracking import read_history
+    from medlens.report.figures import figure_spec
+
+    members = train_metrics.get("members")
+    if not isinstance(members, list) or not members:
+        return ""
+    rows = [[m["run"], str(m["seed"]), str(m["best_epoch"]), str(m["epochs_run"]), _fmt(m["val"]["auc"]),
+             _fmt(m["test"]["acc"]), _fmt(m["test"]["auc"]), _fmt(m["seconds"], 0)] for m in members]
+    rows.append(["ensemble (mean probability)", "", "", str(train_metrics.get("epochs_run", "")),
+                 _fmt(train_metrics["val"]["auc"]), _fmt(train_metrics["test"]["acc"]),
+                 _fmt(train_metrics["test"]["auc"]), _fmt(train_metrics.get("seconds"), 0)])
+    table = _table(["member", "seed", "best epoch", "epochs", "val AUC", "test ACC", "test AUC", "seconds"], rows,
+                   last_bold=True)
+    curves = []
+    for m in members:
+        path = run / m["run"] / "history.csv"
+        if path.is_file():
+            history = read_history(path)
+            curves.append({"type": "scatter", "mode": "lines", "name": m["run"], "x": [r["epoch"] for r in history],
+                           "y": [r["val_auc"] if math.isfinite(r["val_auc"]) else None for r in history]})
+    plot = _plots("Members: val AUC per epoch", [figure_spec("val AUC per epoch", curves)]) if curves else ""
+    return (f"<section><h2>Ensemble of {len(members)} members</h2><p>Each member is a full run folder with its own "
+            f"seed; the model evaluated below averages their class probabilities.</p>{table}</section>{plot}")
+
+
 def _header(run: Path, card, train_metrics: dict) -> str:
     seconds = train_metrics.get("seconds")
     facts = [f"model <b>{_e(card.architecture)}</b> {_e(json.dumps(card.model_kwargs)) if card.model_kwargs else ''}",
              f"data <b>{_e(card.dataset.get('spec', '?'))}</b> ({_e(card.task)}, {card.in_channels} channel(s), "
              f"{card.input_size} px, {card.spatial_dims}D)"]
-    if train_metrics:
-        facts.append(f"best epoch {train_metrics.get('best_epoch')} of {train_metrics.get('epochs_run')}"
+    best = train_metrics.get("best_epoch")
+    if isinstance(best, list):  # an ensemble: one best epoch per member
+        facts.append(f"members' best epochs {', '.join(map(str, best))}; {train_metrics.get('epochs_run')} epochs in all"
+                     + (f", trained in {seconds:.0f} s" if seconds else ""))
+    elif train_metrics:
+        facts.append(f"best epoch {best} of {train_metrics.get('epochs_run')}"
                      + (f", trained in {seconds:.0f} s" if seconds else ""))
     return (f"<header><h1>{_e(run.name)}</h1><p>{' · '.join(facts)}</p>"
             f"<p class=muted>medlens {_e(card.versions.get('medlens', '?'))}, generated {_now()}</p></header>")

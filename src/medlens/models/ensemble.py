@@ -1,0 +1,103 @@
+"""``ensemble``: K copies of one registered model whose class probabilities are averaged.
+
+``medlens train --members K`` (and ``--recipe auto`` when the budget leaves room) trains K
+members of the same architecture with seeds ``seed .. seed+K-1`` on the same split, then saves
+them as one ``ensemble`` checkpoint, so evaluation, Grad-CAM, ``predict``, ONNX export and the
+server treat an ensemble like any other model.
+
+Combining: ``softmax`` (single-label tasks) returns ``log(mean_k softmax(l_k))``, whose softmax
+is exactly the mean of the members' probabilities; ``sigmoid`` (multi-label, or one output)
+returns the logit of the mean of the members' sigmoids. Averaging probabilities, not logits,
+keeps an over-confident member from outvoting the others.
+
+The registry's contract holds: ``forward_features`` is the members' feature maps concatenated
+along the channel axis (same architecture, so same spatial shape), ``forward_head`` splits them
+back and combines the heads' outputs. ``gradcam_layer`` is member 0's layer: a Grad-CAM map of
+the ensemble's output through the first member (MONAI's GradCAM hooks a single layer).
+
+Written here rather than taken from a library: MONAI and timm have no module that averages
+the probabilities of K networks and still exposes a feature map and a head.
+
+Example:
+    >>> import torch
+    >>> model = create_model("ensemble", in_channels=1, num_classes=3, member="cnn_small", members=2)
+    >>> probs = model(torch.zeros(4, 1, 28, 28)).softmax(1)
+    >>> probs.shape, bool(torch.allclose(probs.sum(1), torch.ones(4)))
+    (torch.Size([4, 3]), True)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from medlens.models.registry import create_model, get_model_spec, register_model
+
+COMBINE = ("auto", "softmax", "sigmoid")
+
+
+class Ensemble(nn.Module):
+    """K members of one architecture; see the module docstring."""
+
+    def __init__(self, members: list[nn.Module], combine: str):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.combine = combine
+        self.num_features = int(sum(m.num_features for m in members))
+        self.gradcam_layer = f"members.0.{members[0].gradcam_layer}"
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *S) -> (B, K*F, *s)``: the members' feature maps, side by side."""
+        return torch.cat([member.forward_features(x) for member in self.members], dim=1)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, K*F, *s) -> (B, classes)``: each member's head on its share, then combined."""
+        sizes = [m.num_features for m in self.members]
+        logits = torch.stack([m.forward_head(f) for m, f in zip(self.members, features.split(sizes, dim=1))])
+        if self.combine == "softmax":
+            return torch.logsumexp(logits.log_softmax(dim=-1), dim=0) - math.log(len(self.members))
+        p = logits.sigmoid().mean(dim=0).clamp(1e-7, 1 - 1e-7)
+        return p.log() - (-p).log1p()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *S) -> (B, classes)`` combined logits."""
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh classifier in every member."""
+        for member in self.members:
+            member.reset_classifier(num_classes)
+
+
+@register_model("ensemble", spatial_dims=(2, 3),
+                description="K copies of one model (option member, member_options, members) averaging probabilities")
+def ensemble(*, in_channels: int, num_classes: int, spatial_dims: int, input_size: int,
+             member: str = "resnet_compact", member_options: dict | None = None, members: int = 2,
+             combine: str = "auto") -> Ensemble:
+    """Build ``members`` untrained copies of ``member`` (weights come from a checkpoint).
+
+    Args:
+        member: a registered model other than ``ensemble``.
+        member_options: that model's own options (``{"width": 24}``).
+        members: K >= 1.
+        combine: ``softmax``, ``sigmoid``, or ``auto`` (sigmoid for one output, else softmax);
+            training sets ``sigmoid`` for multi-label tasks.
+
+    Raises:
+        ValueError: an unknown or nested member, K < 1, or an unknown ``combine``.
+    """
+    if get_model_spec(member).name == "ensemble":
+        raise ValueError("member='ensemble' is not valid: an ensemble's members are single models")
+    if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+        raise ValueError(f"members={members!r} is not valid for model 'ensemble'; expected an integer >= 1")
+    if combine not in COMBINE:
+        raise ValueError(f"combine={combine!r} is not valid for model 'ensemble'; valid: {', '.join(COMBINE)}")
+    if member_options is not None and not isinstance(member_options, dict):
+        raise ValueError(f"member_options={member_options!r} is not valid for model 'ensemble'; expected a mapping")
+    if combine == "auto":
+        combine = "sigmoid" if num_classes == 1 else "softmax"
+    built = [create_model(member, in_channels=in_channels, num_classes=num_classes, spatial_dims=spatial_dims,
+                          input_size=input_size, **(member_options or {})) for _ in range(members)]
+    return Ensemble(built, combine)
