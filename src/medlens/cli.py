@@ -195,8 +195,11 @@ def build_train_config(args: argparse.Namespace):
         raise ValueError("--recipe auto needs --budget, e.g. --budget 5m")
     from medlens.engine.auto import auto_overrides
 
-    data = dict(build_config(overrides, file=args.config).data.__dict__)
-    plan = auto_overrides(data, args.budget, say=lambda m: print(m, file=sys.stderr))
+    base = build_config(overrides, file=args.config)
+    data = dict(base.data.__dict__)
+    one_process = base.train.devices in (1, "1") and base.train.strategy == "auto" and base.train.num_nodes == 1
+    members = args.members if args.members is not None else None if one_process else 1
+    plan = auto_overrides(data, args.budget, say=lambda m: print(m, file=sys.stderr), members=members)
     return build_config(overrides, recipe="default", file=args.config, plan=plan.overrides), plan
 
 
@@ -244,7 +247,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"report: {build_report(result.run_dir)}", file=sys.stderr)
     if result.metrics:
         test = result.metrics["test"]
-        print(f"test ACC {test['acc']:.4f}  AUC {test['auc']:.4f}  (best epoch {result.metrics['best_epoch']}) "
+        best = result.metrics["best_epoch"]
+        best = f"members' best epochs {', '.join(map(str, best))}" if isinstance(best, list) else f"best epoch {best}"
+        print(f"test ACC {test['acc']:.4f}  AUC {test['auc']:.4f}  ({best}) "
               f"-> {result.run_dir}")
     return 0
 

@@ -91,6 +91,11 @@ def test_spare_budget_buys_ensemble_members_not_endless_epochs():
     assert plan_auto(_profile(n_train=200_000), 300, _speed).overrides["train"]["members"] == 1
     config = build_config({"data": {"spec": "breastmnist"}}, plan=plan.overrides)  # a valid config
     assert config.train.members == roomy["members"]
+    # --members (or a multi-device run, planned with members=1) fixes the count; the epochs follow it.
+    one = plan_auto(small, 300, _speed, members=1)
+    assert one.overrides["train"]["members"] == 1 and one.overrides["train"]["epochs"] >= roomy["epochs"]
+    assert any(r.startswith("members 1: as asked") for r in one.reasons)
+    assert plan_auto(small, 300, _speed, members=4).overrides["train"]["members"] == 4
 
 
 @pytest.mark.parametrize("text, seconds", [("5m", 300), ("90s", 90), ("1h", 3600), ("1h30m", 5400), ("45", 45)])

@@ -334,6 +334,49 @@ def test_ensemble_members_resume_and_average(medmnist_root, tmp_path):
     assert again.metrics["test"] == metrics["test"]  # member 1 retrained with its seed: the same weights
 
 
+@pytest.mark.integration
+def test_ensemble_stops_adding_members_the_time_left_would_starve(medmnist_root, tmp_path):
+    run = tmp_path / "ens"
+    cfg = _config(data={"spec": "breastmnist", "root": str(medmnist_root)},
+                  train={"epochs": 1, "members": 2, "max_seconds": 600})
+    train(cfg, run)
+    # As if member 0 had used more than the whole limit and the run then stopped: member 1 would
+    # get nothing, so the ensemble is made of member 0 alone, and says so.
+    import shutil
+
+    shutil.rmtree(run / "members" / "m1")
+    (run / "metrics.json").unlink()
+    kept = json.loads((run / "members" / "m0" / "metrics.json").read_text())
+    (run / "members" / "m0" / "metrics.json").write_text(json.dumps({**kept, "seconds": 10_000.0}))
+    result = resume(run)
+    assert [m["run"] for m in result.metrics["members"]] == ["members/m0"] and result.metrics["members_planned"] == 2
+    assert not (run / "members" / "m1").exists()
+    assert "ensemble: stopping at 1 members" in (run / "train.log").read_text()
+    assert load_card(run / "checkpoints" / "best.json").model_kwargs["members"] == 1
+
+
+@pytest.mark.integration
+def test_ensemble_bad_option_leaves_nothing_and_ensemble_is_not_trained_directly(medmnist_root, tmp_path, capsys):
+    run = tmp_path / "bad"
+    with pytest.raises(ValueError, match="has no option bogus"):
+        train(_config(data={"spec": "breastmnist", "root": str(medmnist_root)},
+                      model={"name": "cnn_small", "kwargs": {"bogus": 1}}, train={"members": 2}), run)
+    assert not run.exists()
+    code = main(["train", "breastmnist", "--root", str(medmnist_root), "--model", "ensemble", "--out", str(run),
+                 "--tracking-uri", "none", "--no-progress"])
+    assert code != 0 and not run.exists()
+    assert single_line(capsys.readouterr().err.strip()).startswith("medlens: error: model 'ensemble' is assembled from trained")
+
+
+@pytest.mark.integration
+def test_seeds_of_ensembles_report(medmnist_root, tmp_path, capsys):
+    out = tmp_path / "group"
+    assert main(["train", "breastmnist", "--root", str(medmnist_root), "--model", "cnn_small", "--epochs", "1",
+                 "--members", "2", "--seeds", "2", "--out", str(out), "--tracking-uri", "none", "--no-progress"]) == 0
+    assert (out / "report.html").is_file() and (out / "seeds_summary.json").is_file()
+    assert "members' best epochs" not in capsys.readouterr().out  # the group prints its own table
+
+
 def test_ensemble_refuses_ddp():
     with pytest.raises(ValueError, match="train.members 2 trains its members one after another"):
         _config(data={"spec": "breastmnist"}, train={"members": 2, "strategy": "ddp", "devices": 2})

@@ -369,6 +369,21 @@ def test_ensemble_averages_the_members_probabilities(num_classes: int) -> None:
             torch.testing.assert_close(model(x).softmax(1), expected)
 
 
+def test_ensemble_of_confident_members_stays_finite_and_ordered() -> None:
+    model = create_model("ensemble", in_channels=1, num_classes=1, member="cnn_small", members=2).eval()
+    logits = torch.tensor([[[60.0], [-60.0], [30.0], [-80.0]], [[40.0], [-70.0], [-30.0], [-90.0]]])  # (K, B, 1)
+    features = torch.zeros(4, model.num_features, 1, 1)
+    heads = iter(logits)
+    for member in model.members:  # members whose heads return the fixed logits above
+        fixed = next(heads)
+        member.forward_head = lambda f, fixed=fixed: fixed
+    out = model.forward_head(features).squeeze(1)
+    assert torch.isfinite(out).all()
+    # mean sigmoid: ~1, ~0, 0.5, ~0 (the last more certainly 0 than the second): order kept, no ties
+    assert out[0] > out[2] > out[1] > out[3]
+    assert abs(out[2].item()) < 1e-6
+
+
 def test_get_model_spec() -> None:
     spec = get_model_spec(" ResNet18 ")
     assert isinstance(spec, ModelSpec)

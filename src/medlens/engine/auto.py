@@ -14,11 +14,12 @@ run folder and printed:
   compact ResNet at widths 16, 24 and 32; 3D: the compact ResNet at widths 8, 16, 24) that
   still gets the epochs the data needs in the budget (``EPOCH_IMAGES`` / training images,
   between 8 and 100 epochs: small sets need many passes, large ones few);
-* members: when the budget trains the chosen model for more than twice the epochs a member
-  should get (twice the epochs the data needs, at most 100), the rest buys more members of an
-  ensemble (up to 5, each with its own seed; their probabilities are averaged), rather than
-  more epochs of one model: on small sets the best validation epoch comes early (BreastMNIST,
-  RetinaMNIST, COVID-19: mostly before epoch 50 of 100), so extra epochs of one model add little;
+* members: when the budget trains the chosen model for at least two members' worth of epochs
+  (a member gets twice the epochs the data needs, at most 100, plus a few seconds of set-up),
+  it trains that many members of an ensemble (up to 5, each with its own seed; their
+  probabilities are averaged) rather than more epochs of one model: in the single-model bench
+  of 2026-11-22 the best validation epoch of RetinaMNIST and COVID-19 came at 3-21 of 100, so
+  more epochs of one model added nothing there;
 * epochs: what the chosen model affords in the budget per member, capped at 100; AdamW 3e-3
   with a cosine schedule and a short warm-up (the ``fast`` recipe's optimiser);
 * a hard stop (``train.max_seconds``) at the training share of the budget, so a slow machine
@@ -171,7 +172,7 @@ def needed_epochs(n_train: int) -> int:
 
 
 def plan_auto(profile: DatasetProfile, budget_s: float, throughput: Callable[[str, dict, int], float], *,
-              spent_s: float = 0.0) -> AutoPlan:
+              spent_s: float = 0.0, members: int | None = None) -> AutoPlan:
     """Apply the rules (module docstring) to a dataset and a budget.
 
     Args:
@@ -181,6 +182,8 @@ def plan_auto(profile: DatasetProfile, budget_s: float, throughput: Callable[[st
             stand-in in tests); called cheapest model first, and not past the first model that no
             longer fits.
         spent_s: seconds already spent (the probe itself), taken off the budget.
+        members: the user's ensemble size (``--members``; 1 also for multi-device runs, which
+            train one model); None lets the rule choose.
 
     Returns:
         :class:`AutoPlan` whose ``overrides`` go into :func:`~medlens.engine.config.build_config`.
@@ -228,7 +231,9 @@ def plan_auto(profile: DatasetProfile, budget_s: float, throughput: Callable[[st
     full = train_s * chosen_rate / profile.n_train  # epochs of the chosen model the training time buys
     member_epochs = min(MAX_EPOCHS, 2 * need)
     member_s = member_epochs * profile.n_train / chosen_rate + MEMBER_OVERHEAD_S
-    members = int(min(MAX_MEMBERS, max(1, math.floor(train_s / member_s))))
+    chosen_members = members is None
+    if chosen_members:
+        members = int(min(MAX_MEMBERS, max(1, math.floor(train_s / member_s))))
     per_member_s = train_s if members == 1 else train_s / members - MEMBER_OVERHEAD_S
     epochs = int(max(1, min(MAX_EPOCHS, math.floor(per_member_s * chosen_rate / profile.n_train))))
     o["model"] = {"name": chosen[0], "kwargs": dict(chosen[1])}
@@ -241,13 +246,18 @@ def plan_auto(profile: DatasetProfile, budget_s: float, throughput: Callable[[st
     o["optim"].update({"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "schedule": "cosine",
                        "warmup_epochs": warmup})
     o["train"].update({"epochs": epochs, "max_seconds": round(train_s, 1), "monitor": "val_auc", "members": members})
-    if members > 1:
-        reasons.append(f"members {members}: the {train_s:.0f} s of training buy {full:.0f} epochs of this model, "
-                       f"more than twice the {member_epochs} a member gets (2 x {need} needed, at most {MAX_EPOCHS}); "
-                       f"an ensemble of {members} (max {MAX_MEMBERS}) averages their probabilities")
+    if not chosen_members:
+        reasons.append(f"members {members}: as asked (--members, or one model for a multi-device run); the budget is "
+                       f"shared among them")
+    elif members > 1:
+        reasons.append(f"members {members}: the {train_s:.0f} s of training buy {full:.0f} epochs of this model, room "
+                       f"for {members} members of {member_epochs} epochs each (twice the {need} this data needs, at "
+                       f"most {MAX_EPOCHS}) plus {MEMBER_OVERHEAD_S:.0f} s set-up each; an ensemble (max {MAX_MEMBERS}) "
+                       f"averages their probabilities")
     else:
-        reasons.append(f"members 1: the {train_s:.0f} s of training buy {full:.0f} epochs of this model, not two "
-                       f"members of {member_epochs} epochs (2 x {need} needed, at most {MAX_EPOCHS}) each")
+        reasons.append(f"members 1: the {train_s:.0f} s of training buy {full:.0f} epochs of this model, less than "
+                       f"two members of {member_epochs} epochs (twice the {need} this data needs, at most "
+                       f"{MAX_EPOCHS}) plus {MEMBER_OVERHEAD_S:.0f} s set-up each: one model gets them all")
     reasons.append(f"epochs {epochs}{' per member' if members > 1 else ''}: {per_member_s:.0f} s of training at "
                    f"{chosen_rate:,.0f} img/s (cap {MAX_EPOCHS}); AdamW 3e-3, cosine with {warmup} warm-up epochs; "
                    f"hard stop after {train_s:.0f} s in all")
@@ -257,7 +267,7 @@ def plan_auto(profile: DatasetProfile, budget_s: float, throughput: Callable[[st
                     throughput=measured, fits=epochs >= need)
 
 
-def auto_overrides(data_overrides: dict, budget: str | float, *, say=print) -> AutoPlan:
+def auto_overrides(data_overrides: dict, budget: str | float, *, say=print, members: int | None = None) -> AutoPlan:
     """Resolve the data, probe this machine, and plan; ``data_overrides`` is the config's data section.
 
     Image folders whose size the user did not fix are first planned at their default size; when
@@ -290,8 +300,8 @@ def auto_overrides(data_overrides: dict, budget: str | float, *, say=print) -> A
             return cache[key]
 
         # The probe's own time is known only after it ran: plan once to probe, then again with it.
-        plan_auto(sized, budget_s, rate, spent_s=time.perf_counter() - start)
-        plan = plan_auto(sized, budget_s, rate, spent_s=time.perf_counter() - start)
+        plan_auto(sized, budget_s, rate, spent_s=time.perf_counter() - start, members=members)
+        plan = plan_auto(sized, budget_s, rate, spent_s=time.perf_counter() - start, members=members)
         if plan.fits or size == sizes[-1]:
             break
     if size != profile.size:

@@ -228,7 +228,8 @@ class TrainConfig:
         _at_least("train.epochs", self.epochs, 1, integer=True)
         _at_least("train.members", self.members, 1, integer=True)
         if self.members > 1 and (self.strategy not in ("auto", "single_device") or self.num_nodes > 1
-                                 or self.devices not in (1, "1")):
+                                 or self.devices not in (1, "1") and not (isinstance(self.devices, list)
+                                                                         and len(self.devices) == 1)):
             raise ValueError(f"train.members {self.members} trains its members one after another in one process; "
                              f"it does not combine with strategy {self.strategy!r}, devices {self.devices!r}, "
                              f"num_nodes {self.num_nodes} (use one device, or members 1)")

@@ -85,7 +85,9 @@ class Tracker:
             experiment_id = self.client.create_experiment("medlens", artifact_location=artifacts)
         else:
             experiment_id = experiment.experiment_id
-        run = self.client.create_run(experiment_id, run_name=run_dir.name)
+        # An ensemble member is named after its ensemble too: "breast/m0", not a bare "m0".
+        name = f"{run_dir.parent.parent.name}/{run_dir.name}" if run_dir.parent.name == "members" else run_dir.name
+        run = self.client.create_run(experiment_id, run_name=name)
         self.run_id = run.info.run_id
         from mlflow.entities import Param
 

@@ -182,10 +182,9 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
     from medlens.engine.callbacks import EpochProgressBar, RunRecorder
     from medlens.engine.checkpoint import ModelCard, safetensors_checkpoint_io
     from medlens.engine.config import resolve_data
-    from medlens.engine.losses import create_loss, default_loss
     from medlens.engine.module import ClassifierModule
     from medlens.engine.tracking import Tracker, default_tracking_uri
-    from medlens.models import create_model, get_model_spec
+    from medlens.models import get_model_spec
 
     cfg = config
     pl.seed_everything(cfg.train.seed, verbose=False)
@@ -201,20 +200,7 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
     num_classes = info.n_classes
 
     spec = get_model_spec(cfg.model.name)  # unknown model: ValueError listing the valid ones
-    model = create_model(cfg.model.name, in_channels=in_channels, num_classes=num_classes,
-                         spatial_dims=spatial_dims, input_size=source.size, **cfg.model.kwargs)
-    loss_name = default_loss(task) if cfg.optim.loss == "auto" else cfg.optim.loss
-    if cfg.augment.mixup > 0 and loss_name == "aucm":
-        raise ValueError("augment.mixup does not work with loss 'aucm' (it needs hard labels); "
-                         "set mixup to 0 or use ce/bce/focal")
-    class_weights = _class_weights(cfg, train_split.labels, num_classes)
-    loss_kwargs = {}
-    if loss_name == "focal":
-        loss_kwargs["gamma"] = cfg.optim.focal_gamma
-    if loss_name == "aucm":
-        loss_kwargs["margin"] = cfg.optim.aucm_margin
-        loss_kwargs["imratio"] = _positive_ratio(train_split.labels)
-    loss = create_loss(loss_name, task=task, num_classes=num_classes, class_weights=class_weights, **loss_kwargs)
+    model, loss, loss_name, class_weights = _model_and_loss(cfg, source)
     _say(f"medlens train: {source.spec} ({task.value}, {num_classes} classes, "
          f"{in_channels}x{source.size}px {spatial_dims}D; train {len(train_split)}, "
          f"val {len(source.splits['val'])}, test {len(source.splits['test'])}) -> {cfg.model.name}, "
@@ -301,6 +287,33 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
          f"val ACC {metrics['val']['acc']:.3f} AUC {metrics['val']['auc']:.3f}, "
          f"test ACC {metrics['test']['acc']:.3f} AUC {metrics['test']['auc']:.3f} -> {run_dir}", rank)
     return TrainResult(run_dir, metrics, run_dir / "checkpoints" / "best.safetensors")
+
+
+def _model_and_loss(cfg: RunConfig, source):
+    """The untrained model and the loss of a run: every bad model, option or loss fails here, first."""
+    from medlens.engine.losses import create_loss, default_loss
+    from medlens.models import create_model
+
+    if cfg.model.name == "ensemble":
+        raise ValueError("model 'ensemble' is assembled from trained members, not trained itself; train K members "
+                         "of one model with --members K (e.g. --model resnet_compact --members 3)")
+    train_split = source.splits["train"]
+    task, num_classes = source.info.task, source.info.n_classes
+    model = create_model(cfg.model.name, in_channels=int(train_split.images.shape[1]), num_classes=num_classes,
+                         spatial_dims=train_split.images.ndim - 2, input_size=source.size, **cfg.model.kwargs)
+    loss_name = default_loss(task) if cfg.optim.loss == "auto" else cfg.optim.loss
+    if cfg.augment.mixup > 0 and loss_name == "aucm":
+        raise ValueError("augment.mixup does not work with loss 'aucm' (it needs hard labels); "
+                         "set mixup to 0 or use ce/bce/focal")
+    class_weights = _class_weights(cfg, train_split.labels, num_classes)
+    loss_kwargs = {}
+    if loss_name == "focal":
+        loss_kwargs["gamma"] = cfg.optim.focal_gamma
+    if loss_name == "aucm":
+        loss_kwargs["margin"] = cfg.optim.aucm_margin
+        loss_kwargs["imratio"] = _positive_ratio(train_split.labels)
+    loss = create_loss(loss_name, task=task, num_classes=num_classes, class_weights=class_weights, **loss_kwargs)
+    return model, loss, loss_name, class_weights
 
 
 def _versions() -> dict:
@@ -392,6 +405,7 @@ def _train_ensemble(cfg: RunConfig, run_dir: Path, *, resume: bool) -> TrainResu
     start = time.perf_counter()
     k = cfg.train.members
     source = resolve_data(cfg.data)  # once, shared by the members
+    _model_and_loss(cfg, source)  # a bad model, option or loss fails before the run folder exists
     if resume:
         started_on = json.loads((run_dir / "splits.json").read_text()).get("fingerprint")
         if started_on != source.fingerprint:
@@ -402,10 +416,12 @@ def _train_ensemble(cfg: RunConfig, run_dir: Path, *, resume: bool) -> TrainResu
     uri = cfg.train.tracking_uri or default_tracking_uri(run_dir)
     _say(f"ensemble: {k} members of {cfg.model.name} -> {run_dir / 'members'}", 0)
     members = []
+    spent_before = 0.0  # training seconds of members finished in an earlier sitting (resume)
     for i in range(k):
         member_dir = run_dir / "members" / f"m{i}"
         if (member_dir / "metrics.json").is_file():
             _say(f"ensemble: member {i} already finished, kept", 0)
+            spent_before += json.loads((member_dir / "metrics.json").read_text())["seconds"]
         elif _is_run(member_dir):
             _say(f"ensemble: resuming member {i}", 0)
             _run(load_run_config(member_dir), member_dir, resume=(member_dir / "checkpoints" / "resume.safetensors")
@@ -414,13 +430,23 @@ def _train_ensemble(cfg: RunConfig, run_dir: Path, *, resume: bool) -> TrainResu
             max_seconds = None
             if cfg.train.max_seconds is not None:
                 # What is left of the time limit, shared by the members still to train.
-                max_seconds = max(1.0, (cfg.train.max_seconds - (time.perf_counter() - start)) / (k - i))
+                left = cfg.train.max_seconds - spent_before - (time.perf_counter() - start)
+                max_seconds = left / (k - i)
+                first_s = members[0][1]["seconds"] if members else None
+                if first_s is not None and max_seconds < 0.5 * first_s:
+                    # A member with under half the training of the first would be a weak vote of equal weight.
+                    _say(f"ensemble: stopping at {i} members: {max(left, 0):.0f} s left would give the "
+                         f"{k - i} still to train {max(max_seconds, 0):.0f} s each, under half of member 0's "
+                         f"{first_s:.0f} s", 0)
+                    break
+                max_seconds = max(1.0, max_seconds)
             member_cfg = replace(cfg, train=replace(cfg.train, members=1, seed=member_seed(cfg.train.seed, i),
                                                     max_seconds=max_seconds, tracking_uri=uri))
             _say(f"ensemble: member {i} of {k}, seed {member_cfg.train.seed}"
                  + (f", at most {max_seconds:.0f} s" if max_seconds else ""), 0)
             _run(member_cfg, member_dir, resume=False, source=source)
         members.append((member_dir, json.loads((member_dir / "metrics.json").read_text())))
+    k = len(members)
 
     loaded = [load_model(d / "checkpoints" / "best.safetensors") for d, _ in members]
     first = loaded[0][1]
@@ -434,7 +460,7 @@ def _train_ensemble(cfg: RunConfig, run_dir: Path, *, resume: bool) -> TrainResu
             raise ValueError(f"ensemble members of {run_dir} were trained on different data (normalisation differs)")
         slot.load_state_dict(model.state_dict())
     card = replace(first, architecture="ensemble", model_kwargs=kwargs, config=cfg.to_dict(),
-                   metrics={"members": [m for _, m in members]})
+                   metrics={"members": [m for _, m in members], "best_epoch": [m["best_epoch"] for _, m in members]})
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     save_model(ensemble, card, run_dir / "checkpoints" / "best.safetensors")
     results = _score_best(run_dir, source, source.info.task)
@@ -442,6 +468,7 @@ def _train_ensemble(cfg: RunConfig, run_dir: Path, *, resume: bool) -> TrainResu
         "dataset": source.spec,
         "model": "ensemble",
         "member": cfg.model.name,
+        "members_planned": cfg.train.members,
         "members": [{"run": f"members/{d.name}", "seed": member_seed(cfg.train.seed, i), "best_epoch": m["best_epoch"],
                      "epochs_run": m["epochs_run"], "seconds": m["seconds"], "val": m["val"], "test": m["test"]}
                     for i, (d, m) in enumerate(members)],

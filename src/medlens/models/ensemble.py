@@ -1,19 +1,23 @@
 """``ensemble``: K copies of one registered model whose class probabilities are averaged.
 
 ``medlens train --members K`` (and ``--recipe auto`` when the budget leaves room) trains K
-members of the same architecture with seeds ``seed .. seed+K-1`` on the same split, then saves
+members of the same architecture (member 0 with the run's seed, the others with seeds drawn from
+it: :func:`medlens.engine.train.member_seed`) on the same split, then saves
 them as one ``ensemble`` checkpoint, so evaluation, Grad-CAM, ``predict``, ONNX export and the
 server treat an ensemble like any other model.
 
 Combining: ``softmax`` (single-label tasks) returns ``log(mean_k softmax(l_k))``, whose softmax
 is exactly the mean of the members' probabilities; ``sigmoid`` (multi-label, or one output)
-returns the logit of the mean of the members' sigmoids. Averaging probabilities, not logits,
+returns the logit of the mean of the members' sigmoids, computed in log space
+(``logsumexp(log sigmoid(l)) - logsumexp(log sigmoid(-l))``) so that confident members neither
+overflow nor tie. Averaging probabilities, not logits,
 keeps an over-confident member from outvoting the others.
 
 The registry's contract holds: ``forward_features`` is the members' feature maps concatenated
 along the channel axis (same architecture, so same spatial shape), ``forward_head`` splits them
 back and combines the heads' outputs. ``gradcam_layer`` is member 0's layer: a Grad-CAM map of
-the ensemble's output through the first member (MONAI's GradCAM hooks a single layer).
+the ensemble's combined output through the first member only (MONAI's GradCAM hooks a single
+layer); the other members' evidence is not in the map.
 
 Written here rather than taken from a library: MONAI and timm have no module that averages
 the probabilities of K networks and still exposes a feature map and a head.
@@ -58,8 +62,9 @@ class Ensemble(nn.Module):
         logits = torch.stack([m.forward_head(f) for m, f in zip(self.members, features.split(sizes, dim=1))])
         if self.combine == "softmax":
             return torch.logsumexp(logits.log_softmax(dim=-1), dim=0) - math.log(len(self.members))
-        p = logits.sigmoid().mean(dim=0).clamp(1e-7, 1 - 1e-7)
-        return p.log() - (-p).log1p()
+        # log(mean p) - log(mean (1 - p)); the log K of both means cancels. log sigmoid(x) = -softplus(-x).
+        softplus = nn.functional.softplus
+        return torch.logsumexp(-softplus(-logits), dim=0) - torch.logsumexp(-softplus(logits), dim=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, *S) -> (B, classes)`` combined logits."""

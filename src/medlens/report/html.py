@@ -119,6 +119,8 @@ def _group_sections(parent: Path) -> tuple[list[str], str]:
     table = _table(["run", "val ACC", "val AUC", "test ACC", "test AUC", "seconds"], rows, last_bold=True)
     curves = []
     for name in names:
+        if not (parent / name / "history.csv").is_file():  # an ensemble run: its curves are its members'
+            continue
         history = read_history(parent / name / "history.csv")
         curves.append({"type": "scatter", "mode": "lines", "name": name, "x": [r["epoch"] for r in history],
                        "y": [r["val_auc"] if math.isfinite(r["val_auc"]) else None for r in history]})
