@@ -93,3 +93,18 @@ def test_heatmap_lights_the_half_that_decides_the_class():
     # encode it as "no square on the left", which has no positive Grad-CAM evidence anywhere.)
     assert left[is_left].mean() > 2 * right[is_left].mean()
     assert (left[is_left] > right[is_left]).mean() > 0.9
+
+
+def test_an_ensemble_is_explained_through_every_member():
+    torch.manual_seed(0)
+    model = create_model("ensemble", in_channels=1, num_classes=3, member="cnn_small", members=2).eval()
+    assert model.gradcam_layers == tuple(f"members.{i}.{model.members[0].gradcam_layer}" for i in range(2))
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    heat = gradcam(model, x, class_index=1)
+    raw = [gradcam(model, x, class_index=1, layer=layer, scale=False) for layer in model.gradcam_layers]
+    assert all(r.max() > 0 for r in raw)  # both members carry evidence
+    summed = raw[0] + raw[1]
+    low, high = summed.min(axis=(1, 2), keepdims=True), summed.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(heat, (summed - low) / (high - low), atol=1e-5)
+    member0 = gradcam(model, x, class_index=1, layer=model.gradcam_layer)
+    assert np.abs(heat - member0).max() > 0.05  # not member 0's map alone

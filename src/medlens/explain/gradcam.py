@@ -15,6 +15,11 @@ Two things differ from calling ``monai.visualize.GradCAM`` directly, on purpose:
 MONAI registers hooks on the model it is given and never removes them, so the map is computed
 on a copy: the caller's model is left exactly as it was.
 
+A model may name several layers in ``model.gradcam_layers`` (an ensemble: one per member). Its
+map is then the sum of the raw (unscaled) maps of those layers, each the gradient of the model's
+combined score through that member, scaled to [0, 1] once: the evidence of every member, each in
+proportion to its weight in the output.
+
 Example:
     >>> import torch
     >>> from medlens.models import create_model
@@ -80,6 +85,7 @@ def gradcam(
     layer: str | None = None,
     class_index: int | Sequence[int] | np.ndarray | torch.Tensor | None = None,
     method: str = "gradcam",
+    scale: bool = True,
 ) -> np.ndarray:
     """Grad-CAM heatmaps of ``model`` for the images ``x``.
 
@@ -88,12 +94,13 @@ def gradcam(
             copy, in eval mode).
         x: normalised float input ``(B, C, H, W)`` or ``(B, C, D, H, W)``, as the model takes it.
         layer: dotted name of the convolutional layer to explain (``model.get_submodule`` syntax);
-            default: ``model.gradcam_layer``.
+            default: ``model.gradcam_layers`` (summed) if the model names several, else ``model.gradcam_layer``.
         class_index: the class to explain: one int for every image, one int per image ``(B,)``,
             or ``None`` for each image's predicted class (argmax of the logits; for a binary
             model with a single output, class 1 where the logit is positive).
         method: ``gradcam`` (default) or ``gradcampp`` (Grad-CAM++, Chattopadhay et al. 2018:
             pixel-wise weighted gradients, often sharper when several regions carry evidence).
+        scale: scale each map to [0, 1] (default); False returns the raw maps (for summing).
 
     Returns:
         float32 ``(B, *spatial)``: one heatmap per image at the input's spatial size, each scaled
@@ -118,12 +125,15 @@ def gradcam(
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim not in (4, 5):
         shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
         raise ValueError(f"x must be a float tensor (B, C, H, W) or (B, C, D, H, W), got {shape}")
-    layer = layer if layer is not None else getattr(model, "gradcam_layer", None)
-    if not layer:
+    layers = [layer] if layer is not None else list(getattr(model, "gradcam_layers", None)
+                                                     or [getattr(model, "gradcam_layer", None)])
+    if not all(layers):
         raise ValueError(f"{type(model).__name__} has no gradcam_layer attribute; pass layer= a dotted module name")
     names = [name for name, _ in model.named_modules() if name]
-    if layer not in names:
-        raise ValueError(f"layer {layer!r} is not a module of {type(model).__name__}; valid names: {', '.join(names)}")
+    for one in layers:
+        if one not in names:
+            raise ValueError(f"layer {one!r} is not a module of {type(model).__name__}; valid names: "
+                             f"{', '.join(names)}")
     if class_index is not None:
         index = torch.as_tensor(np.asarray(class_index), dtype=torch.long).reshape(-1)
         if index.numel() not in (1, x.shape[0]):
@@ -135,8 +145,13 @@ def gradcam(
             logits = work(x)  # (B, K)
         class_index = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(dim=1)
     kind = GradCAM if method == "gradcam" else GradCAMpp
-    cam = kind(_per_sample_hooks(work, layer, x.ndim), target_layers=layer, postprocessing=_scale_to_unit)
-    with torch.enable_grad():
-        # The input must require grad for the backward hook to fire even if the weights are frozen.
-        maps = cam(x.detach().clone().requires_grad_(True), class_idx=class_index)  # (B, 1, *spatial)
-    return maps[:, 0].detach().cpu().numpy().astype(np.float32)
+    maps = None
+    for one in layers:
+        cam = kind(_per_sample_hooks(work, one, x.ndim), target_layers=one, postprocessing=lambda m: m)
+        with torch.enable_grad():
+            # The input must require grad for the backward hook to fire even if the weights are frozen.
+            raw = cam(x.detach().clone().requires_grad_(True), class_idx=class_index).detach()  # (B, 1, *spatial)
+        maps = raw if maps is None else maps + raw
+    if scale:
+        maps = _scale_to_unit(maps)
+    return maps[:, 0].cpu().numpy().astype(np.float32)

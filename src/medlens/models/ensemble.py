@@ -15,9 +15,9 @@ keeps an over-confident member from outvoting the others.
 
 The registry's contract holds: ``forward_features`` is the members' feature maps concatenated
 along the channel axis (same architecture, so same spatial shape), ``forward_head`` splits them
-back and combines the heads' outputs. ``gradcam_layer`` is member 0's layer: a Grad-CAM map of
-the ensemble's combined output through the first member only (MONAI's GradCAM hooks a single
-layer); the other members' evidence is not in the map.
+back and combines the heads' outputs. ``gradcam_layers`` names every member's Grad-CAM layer, and
+:func:`medlens.explain.gradcam.gradcam` sums their maps of the combined output (``gradcam_layer``,
+the single-layer contract, is member 0's).
 
 Written here rather than taken from a library: MONAI and timm have no module that averages
 the probabilities of K networks and still exposes a feature map and a head.
@@ -51,6 +51,7 @@ class Ensemble(nn.Module):
         self.combine = combine
         self.num_features = int(sum(m.num_features for m in members))
         self.gradcam_layer = f"members.0.{members[0].gradcam_layer}"
+        self.gradcam_layers = tuple(f"members.{i}.{m.gradcam_layer}" for i, m in enumerate(members))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, *S) -> (B, K*F, *s)``: the members' feature maps, side by side."""
