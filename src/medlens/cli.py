@@ -197,8 +197,8 @@ def build_train_config(args: argparse.Namespace):
 
     base = build_config(overrides, file=args.config)
     data = dict(base.data.__dict__)
-    one_process = base.train.devices in (1, "1") and base.train.strategy == "auto" and base.train.num_nodes == 1
-    members = args.members if args.members is not None else None if one_process else 1
+    # --members fixes the ensemble size; a multi-device run trains one model; else the rules choose.
+    members = args.members if args.members is not None else None if base.train.one_process else 1
     plan = auto_overrides(data, args.budget, say=lambda m: print(m, file=sys.stderr), members=members)
     return build_config(overrides, recipe="default", file=args.config, plan=plan.overrides), plan
 

@@ -227,9 +227,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _at_least("train.epochs", self.epochs, 1, integer=True)
         _at_least("train.members", self.members, 1, integer=True)
-        if self.members > 1 and (self.strategy not in ("auto", "single_device") or self.num_nodes > 1
-                                 or self.devices not in (1, "1") and not (isinstance(self.devices, list)
-                                                                         and len(self.devices) == 1)):
+        if self.members > 1 and not self.one_process:
             raise ValueError(f"train.members {self.members} trains its members one after another in one process; "
                              f"it does not combine with strategy {self.strategy!r}, devices {self.devices!r}, "
                              f"num_nodes {self.num_nodes} (use one device, or members 1)")
@@ -241,6 +239,12 @@ class TrainConfig:
             _at_least("train.early_stop", self.early_stop, 1, integer=True)
         _at_least("train.num_nodes", self.num_nodes, 1, integer=True)
         _flag("train.progress", self.progress)
+
+    @property
+    def one_process(self) -> bool:
+        """Training runs in this one process on one device (no DDP, one node)."""
+        one_device = self.devices in (1, "1") or (isinstance(self.devices, list) and len(self.devices) == 1)
+        return one_device and self.strategy in ("auto", "single_device") and self.num_nodes == 1
 
     @property
     def monitor_mode(self) -> str:

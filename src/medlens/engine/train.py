@@ -213,14 +213,7 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
         _say(f"class weights (balanced): {listed}", rank)
 
     normalisation = channel_stats(train_split.images)
-    if resume:
-        started_on = json.loads((run_dir / "splits.json").read_text()).get("fingerprint")
-        if started_on != source.fingerprint:
-            raise ValueError(f"the data of {data.spec} changed since {run_dir} started (fingerprint "
-                             f"{source.fingerprint[:12]} vs {str(started_on)[:12]}); start a new run instead")
-    elif rank == 0:
-        write_yaml(cfg, run_dir / "config.yaml")
-        source.save_splits(run_dir / "splits.json")
+    _start_or_check(cfg, run_dir, source, resume=resume, write=rank == 0)
 
     card = ModelCard(
         architecture=cfg.model.name, model_kwargs=dict(cfg.model.kwargs), task=task.value,
@@ -289,6 +282,18 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
     return TrainResult(run_dir, metrics, run_dir / "checkpoints" / "best.safetensors")
 
 
+def _start_or_check(cfg: RunConfig, run_dir: Path, source, *, resume: bool, write: bool) -> None:
+    """A new run writes ``config.yaml`` and ``splits.json``; a resumed one checks its data did not change."""
+    if resume:
+        started_on = json.loads((run_dir / "splits.json").read_text()).get("fingerprint")
+        if started_on != source.fingerprint:
+            raise ValueError(f"the data of {cfg.data.spec} changed since {run_dir} started (fingerprint "
+                             f"{source.fingerprint[:12]} vs {str(started_on)[:12]}); start a new run instead")
+    elif write:
+        write_yaml(cfg, run_dir / "config.yaml")
+        source.save_splits(run_dir / "splits.json")
+
+
 def _model_and_loss(cfg: RunConfig, source):
     """The untrained model and the loss of a run: every bad model, option or loss fails here, first."""
     from medlens.engine.losses import create_loss, default_loss
@@ -340,14 +345,11 @@ def _class_weights(cfg: RunConfig, labels: np.ndarray, num_classes: int) -> torc
     return torch.tensor(class_weights(labels, num_classes), dtype=torch.float32)
 
 
-def _score_best(run_dir: Path, source, task) -> dict:
-    """Val and test ACC/AUC of ``checkpoints/best``, also written into its model card."""
-    from medlens.engine.checkpoint import load_model, save_model
+def _score(model: torch.nn.Module, card, source, task) -> dict:
+    """Val and test ACC/AUC (official definitions) of a model and its card's normalisation."""
     from medlens.evaluate.metrics import accuracy_score, roc_auc_score
     from medlens.evaluate.predict import predict
 
-    best = run_dir / "checkpoints" / "best.safetensors"
-    model, card = load_model(best)
     results = {}
     for split in ("val", "test"):
         predictions = predict(model, source.splits[split], task=task, mean=card.normalisation["mean"],
@@ -357,14 +359,17 @@ def _score_best(run_dir: Path, source, task) -> dict:
             "auc": roc_auc_score(predictions.y_true, predictions.y_score, task=task),
             "n": int(len(predictions.y_true)),
         }
-    card = replace(card, metrics={**card.metrics, **results})
-    save_model(model, card, best)
     return results
 
 
 def _final_metrics(run_dir: Path, source, task, recorder, spatial_dims: int, cfg: RunConfig) -> dict:
     """Evaluate the best checkpoint on val and test; write metrics.json and the best card's metrics."""
-    results = _score_best(run_dir, source, task)
+    from medlens.engine.checkpoint import load_model, save_model
+
+    best = run_dir / "checkpoints" / "best.safetensors"
+    model, card = load_model(best)
+    results = _score(model, card, source, task)
+    save_model(model, replace(card, metrics={**card.metrics, **results}), best)
     history = recorder.rows
     metrics = {
         "dataset": source.spec,
@@ -406,22 +411,16 @@ def _train_ensemble(cfg: RunConfig, run_dir: Path, *, resume: bool) -> TrainResu
     k = cfg.train.members
     source = resolve_data(cfg.data)  # once, shared by the members
     _model_and_loss(cfg, source)  # a bad model, option or loss fails before the run folder exists
-    if resume:
-        started_on = json.loads((run_dir / "splits.json").read_text()).get("fingerprint")
-        if started_on != source.fingerprint:
-            raise ValueError(f"the data of {cfg.data.spec} changed since {run_dir} started; start a new run instead")
-    else:
-        write_yaml(cfg, run_dir / "config.yaml")
-        source.save_splits(run_dir / "splits.json")
+    _start_or_check(cfg, run_dir, source, resume=resume, write=True)
     uri = cfg.train.tracking_uri or default_tracking_uri(run_dir)
     _say(f"ensemble: {k} members of {cfg.model.name} -> {run_dir / 'members'}", 0)
     members = []
     spent_before = 0.0  # training seconds of members finished in an earlier sitting (resume)
     for i in range(k):
         member_dir = run_dir / "members" / f"m{i}"
-        if (member_dir / "metrics.json").is_file():
+        finished = (member_dir / "metrics.json").is_file()
+        if finished:
             _say(f"ensemble: member {i} already finished, kept", 0)
-            spent_before += json.loads((member_dir / "metrics.json").read_text())["seconds"]
         elif _is_run(member_dir):
             _say(f"ensemble: resuming member {i}", 0)
             _run(load_run_config(member_dir), member_dir, resume=(member_dir / "checkpoints" / "resume.safetensors")
@@ -446,6 +445,8 @@ def _train_ensemble(cfg: RunConfig, run_dir: Path, *, resume: bool) -> TrainResu
                  + (f", at most {max_seconds:.0f} s" if max_seconds else ""), 0)
             _run(member_cfg, member_dir, resume=False, source=source)
         members.append((member_dir, json.loads((member_dir / "metrics.json").read_text())))
+        if finished:
+            spent_before += members[-1][1]["seconds"]
     k = len(members)
 
     loaded = [load_model(d / "checkpoints" / "best.safetensors") for d, _ in members]
@@ -459,11 +460,13 @@ def _train_ensemble(cfg: RunConfig, run_dir: Path, *, resume: bool) -> TrainResu
         if card.normalisation != first.normalisation:
             raise ValueError(f"ensemble members of {run_dir} were trained on different data (normalisation differs)")
         slot.load_state_dict(model.state_dict())
+    ensemble.eval()
+    results = _score(ensemble, first, source, source.info.task)
     card = replace(first, architecture="ensemble", model_kwargs=kwargs, config=cfg.to_dict(),
-                   metrics={"members": [m for _, m in members], "best_epoch": [m["best_epoch"] for _, m in members]})
+                   metrics={"members": [m for _, m in members], "best_epoch": [m["best_epoch"] for _, m in members],
+                            **results})
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     save_model(ensemble, card, run_dir / "checkpoints" / "best.safetensors")
-    results = _score_best(run_dir, source, source.info.task)
     metrics = {
         "dataset": source.spec,
         "model": "ensemble",

@@ -96,7 +96,6 @@ def _run_sections(run: Path, *, gallery: int, split: str, explain: bool, n_boots
 
 
 def _group_sections(parent: Path) -> tuple[list[str], str]:
-    from medlens.engine.tracking import read_history
     from medlens.evaluate.multirun import summarise
     from medlens.report.figures import figure_spec, fold_figure
 
@@ -119,11 +118,7 @@ def _group_sections(parent: Path) -> tuple[list[str], str]:
     table = _table(["run", "val ACC", "val AUC", "test ACC", "test AUC", "seconds"], rows, last_bold=True)
     curves = []
     for name in names:
-        if not (parent / name / "history.csv").is_file():  # an ensemble run: its curves are its members'
-            continue
-        history = read_history(parent / name / "history.csv")
-        curves.append({"type": "scatter", "mode": "lines", "name": name, "x": [r["epoch"] for r in history],
-                       "y": [r["val_auc"] if math.isfinite(r["val_auc"]) else None for r in history]})
+        curves += _val_auc_curve(name, parent / name / "history.csv")  # none for an ensemble: its members have them
     spec = first["data"]["spec"]
     sections = [
         f"<header><h1>{_e(parent.name)}</h1><p>{_e(kind)} group: {_e(what)}. Data <b>{_e(spec)}</b>, model "
@@ -137,9 +132,19 @@ def _group_sections(parent: Path) -> tuple[list[str], str]:
     return sections, f"medlens report: {parent.name} ({kind})"
 
 
+def _val_auc_curve(name: str, history_csv: Path) -> list[dict]:
+    """One Plotly line of val AUC per epoch from a run's ``history.csv`` (none if it has no history)."""
+    from medlens.engine.tracking import read_history
+
+    if not history_csv.is_file():
+        return []
+    history = read_history(history_csv)
+    return [{"type": "scatter", "mode": "lines", "name": name, "x": [r["epoch"] for r in history],
+             "y": [r["val_auc"] if math.isfinite(r["val_auc"]) else None for r in history]}]
+
+
 def _members_section(run: Path, train_metrics: dict) -> str:
     """An ensemble run: each member's scores beside the ensemble's, and their val AUC per epoch."""
-    from medlens.engine.tracking import read_history
     from medlens.report.figures import figure_spec
 
     members = train_metrics.get("members")
@@ -152,13 +157,7 @@ def _members_section(run: Path, train_metrics: dict) -> str:
                  _fmt(train_metrics["test"]["auc"]), _fmt(train_metrics.get("seconds"), 0)])
     table = _table(["member", "seed", "best epoch", "epochs", "val AUC", "test ACC", "test AUC", "seconds"], rows,
                    last_bold=True)
-    curves = []
-    for m in members:
-        path = run / m["run"] / "history.csv"
-        if path.is_file():
-            history = read_history(path)
-            curves.append({"type": "scatter", "mode": "lines", "name": m["run"], "x": [r["epoch"] for r in history],
-                           "y": [r["val_auc"] if math.isfinite(r["val_auc"]) else None for r in history]})
+    curves = [curve for m in members for curve in _val_auc_curve(m["run"], run / m["run"] / "history.csv")]
     plot = _plots("Members: val AUC per epoch", [figure_spec("val AUC per epoch", curves)]) if curves else ""
     return (f"<section><h2>Ensemble of {len(members)} members</h2><p>Each member is a full run folder with its own "
             f"seed; the model evaluated below averages their class probabilities.</p>{table}</section>{plot}")
