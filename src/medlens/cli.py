@@ -148,7 +148,8 @@ def _train_overrides(args: argparse.Namespace) -> dict:
     flags = {
         "data": {"spec": args.data, "root": args.root, "size": args.size, "ratios": args.ratios,
                  "channels": args.channels, "batch_size": args.batch_size, "class_weights": args.class_weights,
-                 "oversample": True if args.oversample else None, "split_seed": args.seed},
+                 "oversample": True if args.oversample else None,
+                 "correct_priors": True if args.correct_priors else None, "split_seed": args.seed},
         "model": {"name": args.model, "pretrain": args.pretrain, "pretrain_epochs": args.pretrain_epochs,
                   "channels_last": False if args.no_channels_last else None, "compile": True if args.compile else None},
         "optim": {"loss": args.loss, "optimizer": args.optimizer, "lr": args.lr, "weight_decay": args.weight_decay,
@@ -200,6 +201,8 @@ def build_train_config(args: argparse.Namespace):
     # --members fixes the ensemble size; a multi-device run trains one model; else the rules choose.
     members = args.members if args.members is not None else None if base.train.one_process else 1
     plan = auto_overrides(data, args.budget, say=lambda m: print(m, file=sys.stderr), members=members)
+    if overrides.get("data", {}).get("class_weights") == "none" and not base.data.oversample:
+        plan.overrides["data"]["correct_priors"] = False  # the user turned balancing off: nothing to undo
     return build_config(overrides, recipe="default", file=args.config, plan=plan.overrides), plan
 
 
@@ -282,6 +285,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=positive_int, help="images per batch per process (default 128)")
     g.add_argument("--class-weights", choices=("none", "balanced"), help="weight the loss by inverse class frequency")
     g.add_argument("--oversample", action="store_true", help="sample training images inversely to class size")
+    g.add_argument("--correct-priors", action="store_true",
+                   help="after --class-weights balanced or --oversample, shift the saved model's logits by the log "
+                        "training priors: probabilities for the training class mix, argmax for accuracy")
     g = p.add_argument_group("model")
     g.add_argument("--model", help="registered model (see 'medlens models'; default resnet18)")
     g.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="model keyword, e.g. stem=small (repeatable)")

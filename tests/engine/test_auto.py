@@ -9,6 +9,7 @@ from medlens.engine.auto import (
     LADDER_2D,
     LADDER_3D,
     MAX_MEMBERS,
+    MEMBER_MAX_EPOCHS,
     DatasetProfile,
     candidate_label,
     needed_epochs,
@@ -52,8 +53,14 @@ def test_multilabel_gets_bce_and_imbalance_gets_class_weights():
     assert multi.overrides["optim"]["loss"] == "bce" and multi.overrides["data"]["class_weights"] == "none"
     skewed = plan_auto(_profile(imbalance=3.0), 300, _speed)
     assert skewed.overrides["optim"]["loss"] == "ce" and skewed.overrides["data"]["class_weights"] == "balanced"
+    # ... trained balanced, then the saved model's logits get the priors back (accuracy-optimal argmax).
+    assert skewed.overrides["data"]["correct_priors"] is True
+    assert any("prior correction" in r for r in skewed.reasons)
     even = plan_auto(_profile(imbalance=1.2), 300, _speed)
-    assert even.overrides["data"]["class_weights"] == "none"
+    assert even.overrides["data"]["class_weights"] == "none" and even.overrides["data"]["correct_priors"] is False
+    assert multi.overrides["data"]["correct_priors"] is False
+    config = build_config({"data": {"spec": "breastmnist"}}, plan=skewed.overrides)  # a valid config
+    assert config.data.correct_priors and config.data.class_weights == "balanced"
 
 
 def test_a_short_budget_gets_a_smaller_model_and_fewer_epochs():
@@ -83,8 +90,8 @@ def test_spare_budget_buys_ensemble_members_not_endless_epochs():
     short, roomy, huge = (plan_auto(small, budget, _speed).overrides["train"] for budget in (20, 300, 36_000))
     assert short["members"] == 1
     assert 1 < roomy["members"] <= MAX_MEMBERS and huge["members"] == MAX_MEMBERS
-    for train in (roomy, huge):
-        assert needed_epochs(500) <= train["epochs"] <= 100  # every member trains what the data needs
+    for train in (roomy, huge):  # every member trains twice what the data needs, at most MEMBER_MAX_EPOCHS
+        assert min(2 * needed_epochs(500), MEMBER_MAX_EPOCHS) <= train["epochs"] <= 100
     plan = plan_auto(small, 300, _speed)
     assert plan.estimate_s <= 300 and any(r.startswith(f"members {roomy['members']}:") for r in plan.reasons)
     # A big dataset whose epochs use up the budget stays a single model.
@@ -96,6 +103,20 @@ def test_spare_budget_buys_ensemble_members_not_endless_epochs():
     assert one.overrides["train"]["members"] == 1 and one.overrides["train"]["epochs"] >= roomy["epochs"]
     assert any(r.startswith("members 1: as asked") for r in one.reasons)
     assert plan_auto(small, 300, _speed, members=4).overrides["train"]["members"] == 4
+
+
+def test_a_member_is_capped_so_a_budget_past_the_cap_buys_a_second_member():
+    # 500 images need 100 epochs; the chosen model (500 img/s here) affords about 110 of them:
+    # not two members of 100 epochs, but two of MEMBER_MAX_EPOCHS (50) plus set-up.
+    small = _profile(n_train=500)
+    plan = plan_auto(small, 110 / 0.8, _speed)
+    assert candidate_label(plan.overrides["model"]["name"], plan.overrides["model"]["kwargs"]) == \
+        candidate_label(*LADDER_2D[-1])
+    assert plan.overrides["train"]["members"] == 2
+    assert MEMBER_MAX_EPOCHS <= plan.overrides["train"]["epochs"] < needed_epochs(500)
+    assert plan.fits  # the model choice still counts what one model affords, not one member
+    assert any(r.startswith("members 2:") and f"at most {MEMBER_MAX_EPOCHS}" in r for r in plan.reasons)
+    assert any(r.startswith("model resnet_compact(width=32): the largest") for r in plan.reasons)
 
 
 @pytest.mark.parametrize("text, seconds", [("5m", 300), ("90s", 90), ("1h", 3600), ("1h30m", 5400), ("45", 45)])
@@ -125,6 +146,14 @@ def test_train_recipe_auto_writes_its_choices_and_keeps_the_budget(medmnist_root
     assert plan["budget_s"] == 15 and plan["overrides"]["train"]["max_seconds"] <= 12
     err = capsys.readouterr().err
     assert all(f"auto: {reason}" in err for reason in plan["reasons"])
+    # BreastMNIST is 2.7x imbalanced: trained balanced, saved prior-corrected; unless the user turns balancing off.
+    assert plan["overrides"]["data"]["correct_priors"] is True
+    from medlens.cli import build_parser, build_train_config
+
+    args = build_parser().parse_args(["train", "breastmnist", "--root", str(medmnist_root), "--recipe", "auto",
+                                      "--budget", "15s", "--class-weights", "none", "--out", str(tmp_path / "z")])
+    config, _ = build_train_config(args)
+    assert config.data.class_weights == "none" and config.data.correct_priors is False
     assert main(["train", "breastmnist", "--budget", "5m", "--out", str(tmp_path / "x")]) == 1
     assert "--budget goes with --recipe auto" in capsys.readouterr().err
     assert main(["train", "breastmnist", "--recipe", "auto", "--out", str(tmp_path / "y")]) == 1

@@ -226,6 +226,8 @@ BAD_VALUES = [
     ("data", "size", 0),
     ("data", "size", False),
     ("data", "class_weights", "inverse"),
+    ("data", "correct_priors", "yes"),
+    ("data", "correct_priors", True),  # with class_weights none and no oversampling: nothing to undo
     ("model", "pretrain", "simclr"),
     ("model", "pretrain_epochs", 0),
     ("model", "kwargs", [("width", 8)]),

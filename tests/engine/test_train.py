@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import single_line
 from safetensors.torch import load_file
 
+from helpers import single_line
 from medlens.cli import main
 from medlens.engine.checkpoint import load_card, load_model
 from medlens.engine.config import build_config, load_run_config
@@ -118,6 +118,40 @@ def test_same_seed_same_history(medmnist_root, tmp_path):
 
 
 @pytest.mark.integration
+def test_correct_priors_shifts_only_the_saved_classifier_bias(medmnist_root, tmp_path):
+    def run(name: str, **data) -> Path:
+        cfg = _config(data={"spec": "breastmnist", "root": str(medmnist_root), "class_weights": "balanced", **data},
+                      train={"seed": 7})
+        train(cfg, tmp_path / name)
+        return tmp_path / name
+
+    plain, corrected = run("plain"), run("corrected", correct_priors=True)
+    # The same training (the shift never touches the model in training) ...
+    assert _history_without_timing(plain) == _history_without_timing(corrected)
+    prior = torch.tensor([147 / 546, 399 / 546]).log()  # BreastMNIST's training split: 147 malignant, 399 benign
+    for name in ("best", "last"):
+        a, b = (load_file(run / f"checkpoints/{name}.safetensors") for run in (plain, corrected))
+        bias = "/fc.bias"  # the raw safetensors key of state_dict()["fc.bias"]
+        assert bias in a and all(torch.equal(a[k], b[k]) for k in a if k != bias), name
+        # ... and the saved classifier bias gets the log training priors added, once.
+        torch.testing.assert_close(b[bias] - a[bias], prior)
+    assert "prior correction: the saved models' logits get the log training priors added (malignant -1.312" \
+        in (corrected / "train.log").read_text()
+    # Scored with the shift: the minority class (malignant) is predicted less often.
+    from medlens.engine.config import resolve_data
+    from medlens.evaluate.predict import predict
+
+    source = resolve_data(build_config({"data": {"spec": "breastmnist", "root": str(medmnist_root)}}).data)
+    rates = []
+    for run in (plain, corrected):
+        model, card = load_model(run)
+        scores = predict(model, source.splits["test"], task=source.info.task, mean=card.normalisation["mean"],
+                         std=card.normalisation["std"]).y_score
+        rates.append(float((scores.argmax(1) == 0).mean()))
+    assert rates[1] < rates[0]
+
+
+@pytest.mark.integration
 @pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted(medmnist_root, tmp_path):
     args = ["train", "pneumoniamnist", "--root", str(medmnist_root), "--model", "cnn_small", "--epochs", "4",
@@ -208,6 +242,9 @@ def test_early_stopping_ends_a_stalled_run(medmnist_root, tmp_path):
     (["--model", "cnn_small", "--loss", "aucm"], "'pesg' goes with optim.loss 'aucm'"),
     (["--model", "cnn_small", "--aug", "rotate=-5"], "augment.rotate"),
     (["--model", "cnn_small", "--schedule", "sometimes"], "invalid choice"),
+    (["--model", "cnn_small", "--class-weights", "balanced", "--correct-priors", "--loss", "focal"],
+     "data.correct_priors maps softmax probabilities back to the training priors: it needs loss ce; got 'focal'"),
+    (["--model", "cnn_small", "--correct-priors"], "data.correct_priors undoes balanced training"),
 ])
 def test_bad_options_are_one_clear_line(medmnist_root, tmp_path, capsys, args, expected):
     out = tmp_path / "run"

@@ -6,7 +6,13 @@ there is no per-dataset constant. What they decide, and why, is written to ``aut
 run folder and printed:
 
 * loss: BCE for multi-label tasks, else cross-entropy; balanced class weights when the largest
-  training class has more than 1.5x the images of the smallest;
+  training class has more than 1.5x the images of the smallest, and then prior correction
+  (``data.correct_priors``): the saved model's logits get the log training priors added back, so
+  its probabilities are calibrated and its argmax is the accuracy-optimal decision for data
+  drawn like the training split (the official test splits are), while training itself stays
+  balanced. Without it the weighted models of the 2026-12-01 bench predicted minority classes
+  too often: adding the priors afterwards raised validation ACC in 7 of their 9 runs
+  (benchmarks/prior_shift.py; test ACC +.09 AdrenalMNIST3D, +.05 RetinaMNIST, -.04 BreastMNIST);
 * augmentation: stronger the fewer training images there are (``standard`` below 2,000,
   ``light`` below 20,000, none above), because small sets overfit first;
 * batch size 64 below 5,000 training images (more steps per epoch), else 128;
@@ -15,11 +21,12 @@ run folder and printed:
   still gets the epochs the data needs in the budget (``EPOCH_IMAGES`` / training images,
   between 8 and 100 epochs: small sets need many passes, large ones few);
 * members: when the budget trains the chosen model for at least two members' worth of epochs
-  (a member gets twice the epochs the data needs, at most 100, plus a few seconds of set-up),
+  (a member gets twice the epochs the data needs, at most 50, plus a few seconds of set-up),
   it trains that many members of an ensemble (up to 5, each with its own seed; their
-  probabilities are averaged) rather than more epochs of one model: in the single-model bench
-  of 2026-11-22 the best validation epoch of RetinaMNIST and COVID-19 came at 3-21 of 100, so
-  more epochs of one model added nothing there;
+  probabilities are averaged) rather than more epochs of one model: in the 100-epoch runs of
+  the 2026-11-22 and 2026-12-01 benches, 28 of the 36 best validation epochs of the four
+  datasets under 2,000 images came before epoch 50 (RetinaMNIST and COVID-19 at 3-21), so
+  epochs past 50 buy less than another member;
 * epochs: what the chosen model affords in the budget per member, capped at 100; AdamW 3e-3
   with a cosine schedule and a short warm-up (the ``fast`` recipe's optimiser);
 * a hard stop (``train.max_seconds``) at the training share of the budget, so a slow machine
@@ -52,6 +59,7 @@ TRAIN_SHARE = 0.80  # of the budget left after the probe; the rest covers loadin
 IMBALANCE_WEIGHTS = 1.5
 SMALL_DATA, MEDIUM_DATA, BIG_BATCH_DATA = 2_000, 20_000, 5_000
 MAX_MEMBERS = 5
+MEMBER_MAX_EPOCHS = 50  # an ensemble member's epochs: twice the need, at most this
 MEMBER_OVERHEAD_S = 5.0  # per ensemble member: trainer set-up, its final val + test scoring, saving
 
 
@@ -199,10 +207,14 @@ def plan_auto(profile: DatasetProfile, budget_s: float, throughput: Callable[[st
         reasons.append(f"loss ce: a {task.value} task")
     if not task.is_multilabel and profile.imbalance > IMBALANCE_WEIGHTS:
         o["data"]["class_weights"] = "balanced"
+        o["data"]["correct_priors"] = True
         reasons.append(f"class weights balanced: the largest class has {profile.imbalance:.1f}x the images of the "
-                       f"smallest (> {IMBALANCE_WEIGHTS})")
+                       f"smallest (> {IMBALANCE_WEIGHTS}); then prior correction: the saved model's logits get the "
+                       f"log training priors back, so its argmax is the accuracy-optimal decision for data drawn "
+                       f"like the training split")
     else:
         o["data"]["class_weights"] = "none"
+        o["data"]["correct_priors"] = False
     from medlens.data.augment import AugmentConfig
 
     preset = "standard" if profile.n_train < SMALL_DATA else "light" if profile.n_train < MEDIUM_DATA else "none"
@@ -229,7 +241,7 @@ def plan_auto(profile: DatasetProfile, budget_s: float, throughput: Callable[[st
         if affordable < need:
             break
     full = train_s * chosen_rate / profile.n_train  # epochs of the chosen model the training time buys
-    member_epochs = min(MAX_EPOCHS, 2 * need)
+    member_epochs = min(MEMBER_MAX_EPOCHS, 2 * need)
     member_s = member_epochs * profile.n_train / chosen_rate + MEMBER_OVERHEAD_S
     chosen_members = members is None
     if chosen_members:
@@ -239,8 +251,8 @@ def plan_auto(profile: DatasetProfile, budget_s: float, throughput: Callable[[st
     o["model"] = {"name": chosen[0], "kwargs": dict(chosen[1])}
     reasons.append(f"model {chosen_label}: the largest candidate that trains the {need} epochs "
                    f"{profile.n_train:,} images need in {train_s:.0f} s at the measured {chosen_rate:,.0f} img/s"
-                   if epochs >= need else
-                   f"model {chosen_label}: the cheapest candidate; even it affords only {epochs} of the {need} "
+                   if full >= need else
+                   f"model {chosen_label}: the cheapest candidate; even it affords only {full:.0f} of the {need} "
                    f"epochs this data needs in {train_s:.0f} s")
     warmup = 2 if epochs >= 10 else 0
     o["optim"].update({"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "schedule": "cosine",
@@ -252,19 +264,19 @@ def plan_auto(profile: DatasetProfile, budget_s: float, throughput: Callable[[st
     elif members > 1:
         reasons.append(f"members {members}: the {train_s:.0f} s of training buy {full:.0f} epochs of this model, room "
                        f"for {members} members of {member_epochs} epochs each (twice the {need} this data needs, at "
-                       f"most {MAX_EPOCHS}) plus {MEMBER_OVERHEAD_S:.0f} s set-up each; an ensemble (max {MAX_MEMBERS}) "
+                       f"most {MEMBER_MAX_EPOCHS}) plus {MEMBER_OVERHEAD_S:.0f} s set-up each; an ensemble (max {MAX_MEMBERS}) "
                        f"averages their probabilities")
     else:
         reasons.append(f"members 1: the {train_s:.0f} s of training buy {full:.0f} epochs of this model, less than "
                        f"two members of {member_epochs} epochs (twice the {need} this data needs, at most "
-                       f"{MAX_EPOCHS}) plus {MEMBER_OVERHEAD_S:.0f} s set-up each: one model gets them all")
+                       f"{MEMBER_MAX_EPOCHS}) plus {MEMBER_OVERHEAD_S:.0f} s set-up each: one model gets them all")
     reasons.append(f"epochs {epochs}{' per member' if members > 1 else ''}: {per_member_s:.0f} s of training at "
                    f"{chosen_rate:,.0f} img/s (cap {MAX_EPOCHS}); AdamW 3e-3, cosine with {warmup} warm-up epochs; "
                    f"hard stop after {train_s:.0f} s in all")
     estimate = spent_s + members * (epochs * profile.n_train / chosen_rate + profile.n_eval / (3 * chosen_rate)) \
         + (members - 1) * MEMBER_OVERHEAD_S
     return AutoPlan(overrides=o, reasons=reasons, budget_s=budget_s, estimate_s=round(estimate, 1),
-                    throughput=measured, fits=epochs >= need)
+                    throughput=measured, fits=full >= need)
 
 
 def auto_overrides(data_overrides: dict, budget: str | float, *, say=print, members: int | None = None) -> AutoPlan:

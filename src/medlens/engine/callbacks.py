@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar
 
 from medlens.engine.checkpoint import ModelCard, save_model
@@ -37,14 +38,18 @@ class RunRecorder(Checkpoint):
         monitor: ``val_auc``, ``val_acc`` or ``val_loss``.
         mode: ``max`` or ``min``.
         tracker: MLflow tracker (disabled on non-zero ranks).
+        logit_shift: added to the classifier bias of the saved best and last models
+            (``data.correct_priors``), never to the model in training.
     """
 
-    def __init__(self, run_dir: Path, card: ModelCard, monitor: str, mode: str, tracker: Tracker):
+    def __init__(self, run_dir: Path, card: ModelCard, monitor: str, mode: str, tracker: Tracker,
+                 logit_shift: torch.Tensor | None = None):
         self.run_dir = Path(run_dir)
         self.card = card
         self.monitor = monitor
         self.mode = mode
         self.tracker = tracker
+        self.logit_shift = logit_shift
         self.rows: list[dict] = []
         self.best_score = -math.inf if mode == "max" else math.inf
         self.best_epoch = -1
@@ -77,8 +82,10 @@ class RunRecorder(Checkpoint):
             epoch_metrics = {"epoch": trainer.current_epoch, **{k: row[k] for k in ("val_loss", "val_acc", "val_auc")}}
             model = _unwrap(pl_module.model)
             if improved:
-                save_model(model, replace(self.card, metrics=epoch_metrics), checkpoints / "best.safetensors")
-            save_model(model, replace(self.card, metrics=epoch_metrics), checkpoints / "last.safetensors")
+                save_model(model, replace(self.card, metrics=epoch_metrics), checkpoints / "best.safetensors",
+                           logit_shift=self.logit_shift)
+            save_model(model, replace(self.card, metrics=epoch_metrics), checkpoints / "last.safetensors",
+                       logit_shift=self.logit_shift)
         # Every process calls this (under DDP it synchronises them); only the main one writes.
         trainer.save_checkpoint(checkpoints / "resume.safetensors", weights_only=False)
         if not trainer.is_global_zero:

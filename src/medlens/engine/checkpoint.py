@@ -241,9 +241,18 @@ class ModelCard:
                             spatial_dims=self.spatial_dims, input_size=self.input_size, **self.model_kwargs)
 
 
-def save_model(model: torch.nn.Module, card: ModelCard, path: str | os.PathLike) -> None:
-    """Write ``model``'s weights (``path``, safetensors) and ``card`` (the JSON sidecar)."""
+def save_model(model: torch.nn.Module, card: ModelCard, path: str | os.PathLike, *,
+               logit_shift: torch.Tensor | None = None) -> None:
+    """Write ``model``'s weights (``path``, safetensors) and ``card`` (the JSON sidecar).
+
+    ``logit_shift`` (one value per output) is added to the saved classifier bias ``fc.bias``,
+    not to ``model``'s own (``data.correct_priors``: training goes on with the unshifted model).
+    """
     state = {k: v for k, v in model.state_dict().items()}
+    if logit_shift is not None:
+        if "fc.bias" not in state:
+            raise ValueError(f"{card.architecture} has no classifier bias fc.bias to shift (data.correct_priors)")
+        state["fc.bias"] = state["fc.bias"] + logit_shift.to(state["fc.bias"])
     save_state(state, path, extra_json={"card": asdict(card)})
 
 

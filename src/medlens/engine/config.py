@@ -62,6 +62,13 @@ class DataConfig:
         batch_size: images per batch per process.
         class_weights: ``none`` or ``balanced`` (scikit-learn's ``n / (k * count)``) in the loss.
         oversample: draw training batches with probability inversely proportional to class size.
+        correct_priors: after balanced training (``class_weights: balanced`` or ``oversample``),
+            add the log of the training split's class priors to the classifier's bias in the saved
+            (best and last) checkpoints. Balanced training makes the model predict as if every
+            class were equally common; the shift maps its probabilities back to the training class
+            mix, so they are calibrated for data drawn like the training split and the argmax is
+            the accuracy-optimal decision there (Saerens et al. 2002; Menon et al. 2021's logit
+            adjustment). Leave it off when balanced recall per class is what matters. Needs loss ce.
         folds: 0 for the source's own train/val split; k >= 2 to train on fold ``fold`` of a
             stratified k-fold of train + val (seeded by ``split_seed``; test untouched).
         fold: the validation fold, ``0 <= fold < folds``.
@@ -76,6 +83,7 @@ class DataConfig:
     batch_size: int = 128
     class_weights: str = "none"
     oversample: bool = False
+    correct_priors: bool = False
     folds: int = 0
     fold: int = 0
 
@@ -90,6 +98,10 @@ class DataConfig:
         _at_least("data.split_seed", self.split_seed, 0, integer=True)
         _choice("data.class_weights", self.class_weights, CLASS_WEIGHTS)
         _flag("data.oversample", self.oversample)
+        _flag("data.correct_priors", self.correct_priors)
+        if self.correct_priors and self.class_weights == "none" and not self.oversample:
+            raise ValueError("data.correct_priors undoes balanced training at prediction time: it needs "
+                             "data.class_weights balanced or data.oversample; got class_weights none, no oversample")
         _at_least("data.folds", self.folds, 0, integer=True)
         if self.folds == 1:
             raise ValueError("data.folds must be 0 (no cross-validation) or at least 2; got 1")
@@ -382,7 +394,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
     try:
-        raw = yaml.load(path.read_text(), Loader=_yaml_loader())  # noqa: S506 (a SafeLoader subclass)
+        raw = yaml.load(path.read_text(), Loader=_yaml_loader())
     except yaml.YAMLError as err:
         raise ValueError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if raw is None:

@@ -200,7 +200,7 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
     num_classes = info.n_classes
 
     spec = get_model_spec(cfg.model.name)  # unknown model: ValueError listing the valid ones
-    model, loss, loss_name, class_weights = _model_and_loss(cfg, source)
+    model, loss, loss_name, class_weights, logit_shift = _model_and_loss(cfg, source)
     _say(f"medlens train: {source.spec} ({task.value}, {num_classes} classes, "
          f"{in_channels}x{source.size}px {spatial_dims}D; train {len(train_split)}, "
          f"val {len(source.splits['val'])}, test {len(source.splits['test'])}) -> {cfg.model.name}, "
@@ -211,6 +211,10 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
     if class_weights is not None:
         listed = ", ".join(f"{name} {w:.3f}" for name, w in zip(info.class_names, class_weights.tolist()))
         _say(f"class weights (balanced): {listed}", rank)
+    if logit_shift is not None:
+        listed = ", ".join(f"{name} {s:+.3f}" for name, s in zip(info.class_names, logit_shift.tolist()))
+        _say(f"prior correction: the saved models' logits get the log training priors added ({listed}), so "
+             f"their probabilities are for the training class mix and argmax maximises accuracy there", rank)
 
     normalisation = channel_stats(train_split.images)
     _start_or_check(cfg, run_dir, source, resume=resume, write=rank == 0)
@@ -243,7 +247,7 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
     datamodule = _DataModule(source, cfg, oversample=cfg.data.oversample, num_classes=num_classes)
     uri = cfg.train.tracking_uri or default_tracking_uri(run_dir)
     tracker = Tracker(uri, run_dir, cfg.to_dict()) if rank == 0 else Tracker("none", run_dir, {})
-    recorder = RunRecorder(run_dir, card, cfg.train.monitor, cfg.train.monitor_mode, tracker)
+    recorder = RunRecorder(run_dir, card, cfg.train.monitor, cfg.train.monitor_mode, tracker, logit_shift)
     callbacks = [recorder]
     if cfg.train.early_stop:
         from lightning.pytorch.callbacks import EarlyStopping
@@ -318,7 +322,19 @@ def _model_and_loss(cfg: RunConfig, source):
         loss_kwargs["margin"] = cfg.optim.aucm_margin
         loss_kwargs["imratio"] = _positive_ratio(train_split.labels)
     loss = create_loss(loss_name, task=task, num_classes=num_classes, class_weights=class_weights, **loss_kwargs)
-    return model, loss, loss_name, class_weights
+    logit_shift = None
+    if cfg.data.correct_priors:
+        if loss_name != "ce":
+            raise ValueError(f"data.correct_priors maps softmax probabilities back to the training priors: it needs "
+                             f"loss ce; got {loss_name!r}")
+        if getattr(getattr(model, "fc", None), "bias", None) is None:
+            raise ValueError(f"data.correct_priors shifts the classifier bias fc.bias, which model "
+                             f"{cfg.model.name!r} lacks")
+        # Balanced training fits p(k|x) / prior_k (up to a constant); adding log prior_k to the
+        # logits gives back p(k|x). An empty class keeps a count of 1, not log 0.
+        counts = np.maximum(train_split.class_counts(num_classes), 1).astype(np.float64)
+        logit_shift = torch.tensor(np.log(counts / counts.sum()), dtype=torch.float32)
+    return model, loss, loss_name, class_weights, logit_shift
 
 
 def _versions() -> dict:
@@ -357,7 +373,7 @@ def _score(model: torch.nn.Module, card, source, task) -> dict:
         results[split] = {
             "acc": accuracy_score(predictions.y_true, predictions.y_score, task=task),
             "auc": roc_auc_score(predictions.y_true, predictions.y_score, task=task),
-            "n": int(len(predictions.y_true)),
+            "n": len(predictions.y_true),
         }
     return results
 
