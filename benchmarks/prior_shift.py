@@ -28,8 +28,8 @@ def analyse(run: Path) -> dict | None:
     from medlens.evaluate.predict import predict
 
     cfg = load_run_config(run)
-    if cfg.data.class_weights != "balanced":
-        return None
+    if cfg.data.class_weights != "balanced" or cfg.data.correct_priors:
+        return None  # unweighted, or already prior-corrected when saved (data.correct_priors)
     model, card = load_model(run)
     task = Task(card.task)
     if task.is_multilabel:

@@ -194,16 +194,33 @@ def build_train_config(args: argparse.Namespace):
         return build_config(overrides, recipe=args.recipe, file=args.config), None
     if args.budget is None:
         raise ValueError("--recipe auto needs --budget, e.g. --budget 5m")
+    from dataclasses import replace
+
     from medlens.engine.auto import auto_overrides
 
-    base = build_config(overrides, file=args.config)
+    # Prior correction is checked against the balancing the plan chooses, so it waits for the plan.
+    asked = {k: v for k, v in overrides["data"].items() if k != "correct_priors"}
+    base = build_config({**overrides, "data": asked}, file=args.config, plan={"data": {"correct_priors": False}})
     data = dict(base.data.__dict__)
     # --members fixes the ensemble size; a multi-device run trains one model; else the rules choose.
     members = args.members if args.members is not None else None if base.train.one_process else 1
     plan = auto_overrides(data, args.budget, say=lambda m: print(m, file=sys.stderr), members=members)
-    if overrides.get("data", {}).get("class_weights") == "none" and not base.data.oversample:
-        plan.overrides["data"]["correct_priors"] = False  # the user turned balancing off: nothing to undo
-    return build_config(overrides, recipe="default", file=args.config, plan=plan.overrides), plan
+    planned = plan.overrides["data"].get("correct_priors", False)
+    plan.overrides["data"]["correct_priors"] = False
+    config = build_config(overrides, recipe="default", file=args.config, plan=plan.overrides)
+    if planned and "correct_priors" not in overrides["data"]:
+        # The rules pair balanced class weights with prior correction; the user's own options
+        # (class weights off, another loss) win, and then there is nothing to correct.
+        balanced = config.data.class_weights == "balanced" or config.data.oversample
+        loss = plan.overrides["optim"]["loss"] if config.optim.loss == "auto" else config.optim.loss
+        if balanced and loss == "ce":
+            config = replace(config, data=replace(config.data, correct_priors=True))
+            plan.overrides["data"]["correct_priors"] = True
+        else:
+            plan.reasons.append(f"no prior correction: your options give {'loss ' + loss if balanced else 'no balancing'}"
+                                f", which it does not fit")
+            print(f"auto: {plan.reasons[-1]}", file=sys.stderr)
+    return config, plan
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -105,6 +105,17 @@ def test_spare_budget_buys_ensemble_members_not_endless_epochs():
     assert plan_auto(small, 300, _speed, members=4).overrides["train"]["members"] == 4
 
 
+def test_members_given_choose_the_model_on_each_members_share():
+    ladder = [candidate_label(n, k) for n, k in LADDER_2D]
+    small = _profile(n_train=500)
+    alone = plan_auto(small, 300, _speed, members=1)
+    shared = plan_auto(small, 300, _speed, members=5)
+    rung = [ladder.index(candidate_label(p.overrides["model"]["name"], p.overrides["model"]["kwargs"]))
+            for p in (alone, shared)]
+    assert rung[1] < rung[0]  # a fifth of the time each: a cheaper model still gets the epochs it needs
+    assert shared.fits and shared.overrides["train"]["epochs"] >= needed_epochs(500)
+
+
 def test_a_member_is_capped_so_a_budget_past_the_cap_buys_a_second_member():
     # 500 images need 100 epochs; the chosen model (500 img/s here) affords about 110 of them:
     # not two members of 100 epochs, but two of MEMBER_MAX_EPOCHS (50) plus set-up.
@@ -115,7 +126,7 @@ def test_a_member_is_capped_so_a_budget_past_the_cap_buys_a_second_member():
     assert plan.overrides["train"]["members"] == 2
     assert MEMBER_MAX_EPOCHS <= plan.overrides["train"]["epochs"] < needed_epochs(500)
     assert plan.fits  # the model choice still counts what one model affords, not one member
-    assert any(r.startswith("members 2:") and f"at most {MEMBER_MAX_EPOCHS}" in r for r in plan.reasons)
+    assert any(r.startswith("members 2:") and f"capped at {MEMBER_MAX_EPOCHS}" in r for r in plan.reasons)
     assert any(r.startswith("model resnet_compact(width=32): the largest") for r in plan.reasons)
 
 
@@ -154,6 +165,18 @@ def test_train_recipe_auto_writes_its_choices_and_keeps_the_budget(medmnist_root
                                       "--budget", "15s", "--class-weights", "none", "--out", str(tmp_path / "z")])
     config, _ = build_train_config(args)
     assert config.data.class_weights == "none" and config.data.correct_priors is False
+
+    def planned(*flags):
+        args = build_parser().parse_args(["train", "breastmnist", "--root", str(medmnist_root), "--recipe", "auto",
+                                          "--budget", "15s", *flags, "--out", str(tmp_path / "z")])
+        return build_train_config(args)
+
+    # Asking for it explicitly works: it is checked against the balancing the plan chose.
+    assert planned("--correct-priors")[0].data.correct_priors is True
+    # Another loss than ce: the plan's correction steps aside and says why.
+    config, plan = planned("--loss", "focal")
+    assert config.optim.loss == "focal" and config.data.correct_priors is False
+    assert "no prior correction: your options give loss focal" in plan.reasons[-1]
     assert main(["train", "breastmnist", "--budget", "5m", "--out", str(tmp_path / "x")]) == 1
     assert "--budget goes with --recipe auto" in capsys.readouterr().err
     assert main(["train", "breastmnist", "--recipe", "auto", "--out", str(tmp_path / "y")]) == 1

@@ -64,7 +64,8 @@ def test_breastmnist_run_writes_every_file(medmnist_root, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics == result.metrics
     assert metrics["test"]["n"] == 156 and 0.0 <= metrics["test"]["auc"] <= 1.0
-    assert metrics["best_epoch"] == max(range(3), key=lambda e: (history[e]["val_auc"], -e))
+    # Best by val AUC; an equal AUC goes to the lower val loss, then the earlier epoch.
+    assert metrics["best_epoch"] == max(range(3), key=lambda e: (history[e]["val_auc"], -history[e]["val_loss"], -e))
     assert "class weights (balanced): malignant 1.857, normal, benign 0.684" in (run / "train.log").read_text()
     assert load_run_config(run) == cfg
     # The MLflow store sits beside the run folder and holds this run's metrics.
@@ -149,6 +150,20 @@ def test_correct_priors_shifts_only_the_saved_classifier_bias(medmnist_root, tmp
                          std=card.normalisation["std"]).y_score
         rates.append(float((scores.argmax(1) == 0).mean()))
     assert rates[1] < rates[0]
+
+
+def test_correct_priors_doubles_the_shift_when_weights_and_oversampling_both_balance(medmnist_root):
+    from medlens.engine.config import resolve_data
+    from medlens.engine.train import _model_and_loss
+
+    def shift(**data):
+        cfg = _config(data={"spec": "breastmnist", "root": str(medmnist_root), "correct_priors": True, **data})
+        return _model_and_loss(cfg, resolve_data(cfg.data))[4]
+
+    prior = torch.tensor([147 / 546, 399 / 546]).log()
+    torch.testing.assert_close(shift(class_weights="balanced"), prior)
+    torch.testing.assert_close(shift(oversample=True), prior)
+    torch.testing.assert_close(shift(class_weights="balanced", oversample=True), 2 * prior)
 
 
 @pytest.mark.integration

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import single_line
 
+from helpers import single_line
 from medlens.cli import main
 from medlens.engine.config import build_config, load_run_config, resolve_data
 
@@ -104,3 +104,18 @@ def test_train_seeds_reports_mean_and_std(medmnist_root, tmp_path, capsys):
     accs = [r["test_acc"] for r in summary["runs"]]
     assert summary["summary"]["test_acc"]["mean"] == pytest.approx(np.mean(accs))
     assert "mean ± std" in capsys.readouterr().out
+
+
+def test_a_group_record_from_before_a_new_config_field_still_matches():
+    from medlens.engine.config import build_config
+    from medlens.evaluate.multirun import _normalised
+
+    cfg = build_config({"data": {"spec": "breastmnist"}, "model": {"name": "cnn_small"}})
+    record = {"kind": "seeds", "members": {"seed0": cfg.to_dict()}}
+    older = json.loads(json.dumps(record))
+    del older["members"]["seed0"]["data"]["correct_priors"]  # written before the field existed
+    assert _normalised(older) == json.loads(json.dumps(record))
+    changed = json.loads(json.dumps(record))
+    changed["members"]["seed0"]["optim"]["lr"] = 0.5
+    assert _normalised(changed) != json.loads(json.dumps(record))
+    assert _normalised({"kind": "cv", "members": {"f0": {"nonsense": {}}}})["members"] == {"f0": {"nonsense": {}}}

@@ -17,16 +17,18 @@ run folder and printed:
   ``light`` below 20,000, none above), because small sets overfit first;
 * batch size 64 below 5,000 training images (more steps per epoch), else 128;
 * model: the largest of a ladder of CPU-friendly candidates (2D: the two-conv CNN, then the
-  compact ResNet at widths 16, 24 and 32; 3D: the compact ResNet at widths 8, 16, 24) that
-  still gets the epochs the data needs in the budget (``EPOCH_IMAGES`` / training images,
-  between 8 and 100 epochs: small sets need many passes, large ones few);
+  compact ResNet at widths 16, 24 and 32; 3D: the compact ResNet at widths 8, 16, 24) that,
+  trained alone, still gets the epochs the data needs in the budget (``EPOCH_IMAGES`` / training
+  images, between 8 and 100 epochs: small sets need many passes, large ones few; with
+  ``--members K`` given, in a K-th of it);
 * members: when the budget trains the chosen model for at least two members' worth of epochs
   (a member gets twice the epochs the data needs, at most 50, plus a few seconds of set-up),
   it trains that many members of an ensemble (up to 5, each with its own seed; their
   probabilities are averaged) rather than more epochs of one model: in the 100-epoch runs of
   the 2026-11-22 and 2026-12-01 benches, 28 of the 36 best validation epochs of the four
   datasets under 2,000 images came before epoch 50 (RetinaMNIST and COVID-19 at 3-21), so
-  epochs past 50 buy less than another member;
+  epochs past 50 buy less than another member (so members of a small set may train fewer
+  epochs than one model alone would);
 * epochs: what the chosen model affords in the budget per member, capped at 100; AdamW 3e-3
   with a cosine schedule and a short warm-up (the ``fast`` recipe's optimiser);
 * a hard stop (``train.max_seconds``) at the training share of the budget, so a slow machine
@@ -229,18 +231,21 @@ def plan_auto(profile: DatasetProfile, budget_s: float, throughput: Callable[[st
     left = max(budget_s - spent_s, 1.0)
     train_s = left * TRAIN_SHARE
     ladder = LADDER_3D if profile.spatial_dims == 3 else LADDER_2D
+    # The time one model gets: all of it when the rules choose the members (they are bought with
+    # what is left over), its share when the user fixed them.
+    model_s = train_s if members is None or members == 1 else max(train_s / members - MEMBER_OVERHEAD_S, 1.0)
     measured: dict[str, float] = {}
     chosen, chosen_rate = None, None
     for name, kwargs in ladder:
         rate = throughput(name, kwargs, batch)
         label = candidate_label(name, kwargs)
         measured[label] = round(rate, 1)
-        affordable = train_s * rate / profile.n_train
+        affordable = model_s * rate / profile.n_train
         if chosen is None or affordable >= need:
             chosen, chosen_rate, chosen_label = (name, kwargs), rate, label
         if affordable < need:
             break
-    full = train_s * chosen_rate / profile.n_train  # epochs of the chosen model the training time buys
+    full = model_s * chosen_rate / profile.n_train  # epochs of the chosen model its training time buys
     member_epochs = min(MEMBER_MAX_EPOCHS, 2 * need)
     member_s = member_epochs * profile.n_train / chosen_rate + MEMBER_OVERHEAD_S
     chosen_members = members is None
@@ -250,10 +255,10 @@ def plan_auto(profile: DatasetProfile, budget_s: float, throughput: Callable[[st
     epochs = int(max(1, min(MAX_EPOCHS, math.floor(per_member_s * chosen_rate / profile.n_train))))
     o["model"] = {"name": chosen[0], "kwargs": dict(chosen[1])}
     reasons.append(f"model {chosen_label}: the largest candidate that trains the {need} epochs "
-                   f"{profile.n_train:,} images need in {train_s:.0f} s at the measured {chosen_rate:,.0f} img/s"
+                   f"{profile.n_train:,} images need in {model_s:.0f} s at the measured {chosen_rate:,.0f} img/s"
                    if full >= need else
                    f"model {chosen_label}: the cheapest candidate; even it affords only {full:.0f} of the {need} "
-                   f"epochs this data needs in {train_s:.0f} s")
+                   f"epochs this data needs in {model_s:.0f} s")
     warmup = 2 if epochs >= 10 else 0
     o["optim"].update({"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "schedule": "cosine",
                        "warmup_epochs": warmup})
@@ -263,12 +268,12 @@ def plan_auto(profile: DatasetProfile, budget_s: float, throughput: Callable[[st
                        f"shared among them")
     elif members > 1:
         reasons.append(f"members {members}: the {train_s:.0f} s of training buy {full:.0f} epochs of this model, room "
-                       f"for {members} members of {member_epochs} epochs each (twice the {need} this data needs, at "
-                       f"most {MEMBER_MAX_EPOCHS}) plus {MEMBER_OVERHEAD_S:.0f} s set-up each; an ensemble (max {MAX_MEMBERS}) "
+                       f"for {members} members of {member_epochs} epochs each (twice the {need} this data needs, "
+                       f"capped at {MEMBER_MAX_EPOCHS}) plus {MEMBER_OVERHEAD_S:.0f} s set-up each; an ensemble (max {MAX_MEMBERS}) "
                        f"averages their probabilities")
     else:
         reasons.append(f"members 1: the {train_s:.0f} s of training buy {full:.0f} epochs of this model, less than "
-                       f"two members of {member_epochs} epochs (twice the {need} this data needs, at most "
+                       f"two members of {member_epochs} epochs (twice the {need} this data needs, capped at "
                        f"{MEMBER_MAX_EPOCHS}) plus {MEMBER_OVERHEAD_S:.0f} s set-up each: one model gets them all")
     reasons.append(f"epochs {epochs}{' per member' if members > 1 else ''}: {per_member_s:.0f} s of training at "
                    f"{chosen_rate:,.0f} img/s (cap {MAX_EPOCHS}); AdamW 3e-3, cosine with {warmup} warm-up epochs; "

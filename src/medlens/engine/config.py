@@ -69,6 +69,8 @@ class DataConfig:
             mix, so they are calibrated for data drawn like the training split and the argmax is
             the accuracy-optimal decision there (Saerens et al. 2002; Menon et al. 2021's logit
             adjustment). Leave it off when balanced recall per class is what matters. Needs loss ce.
+            Training, its validation history and the best-epoch choice use the uncorrected model;
+            with both class weights and oversampling the shift is doubled (each divides by the prior).
         folds: 0 for the source's own train/val split; k >= 2 to train on fold ``fold`` of a
             stratified k-fold of train + val (seeded by ``split_seed``; test untouched).
         fold: the validation fold, ``0 <= fold < folds``.

@@ -16,6 +16,11 @@ With ``train.members`` K > 1 the run folder holds ``config.yaml``, ``splits.json
 ``ensemble`` of the members' best checkpoints) and ``metrics.json`` (the ensemble's, with each
 member's beside it). A resumed ensemble keeps its finished members and resumes the unfinished one.
 
+With ``data.correct_priors`` the best and last checkpoints hold the prior-corrected classifier
+bias; the resume state, ``history.csv`` and the best-epoch choice are those of the model in
+training (uncorrected; the binary AUC is the same either way), and ``metrics.json`` scores the
+corrected best checkpoint.
+
 Example:
     >>> from medlens.engine.config import build_config
     >>> cfg = build_config({"data": {"spec": "breastmnist"}, "model": {"name": "cnn_small"},
@@ -331,9 +336,11 @@ def _model_and_loss(cfg: RunConfig, source):
             raise ValueError(f"data.correct_priors shifts the classifier bias fc.bias, which model "
                              f"{cfg.model.name!r} lacks")
         # Balanced training fits p(k|x) / prior_k (up to a constant); adding log prior_k to the
-        # logits gives back p(k|x). An empty class keeps a count of 1, not log 0.
+        # logits gives back p(k|x). Class weights and oversampling together divide by prior_k
+        # twice (each alone balances), so the shift doubles. An empty class counts 1, not log 0.
         counts = np.maximum(train_split.class_counts(num_classes), 1).astype(np.float64)
-        logit_shift = torch.tensor(np.log(counts / counts.sum()), dtype=torch.float32)
+        times = (cfg.data.class_weights == "balanced") + bool(cfg.data.oversample)
+        logit_shift = torch.tensor(times * np.log(counts / counts.sum()), dtype=torch.float32)
     return model, loss, loss_name, class_weights, logit_shift
 
 

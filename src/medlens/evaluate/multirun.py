@@ -79,7 +79,7 @@ def run_group(parent: str | Path, members: list[tuple[str, object]], *, kind: st
     record = {"kind": kind, "members": {name: cfg.to_dict() for name, cfg in members}}
     manifest = parent / "group.json"
     if manifest.is_file():
-        if json.loads(manifest.read_text()) != json.loads(json.dumps(record)):
+        if _normalised(json.loads(manifest.read_text())) != json.loads(json.dumps(record)):
             raise ValueError(f"{parent} already holds a {kind} group made with other options; "
                              "choose another --out, or rerun with the same options to continue it")
     elif parent.exists() and any(parent.iterdir()):
@@ -143,3 +143,18 @@ def format_summary(summary: dict) -> str:
               f"{stats['seconds']['mean']:.0f}" if math.isfinite(stats["seconds"]["mean"]) else "-"]
     header = ["run", "val ACC", "val AUC", "test ACC", "test AUC", "seconds"]
     return format_table(header, rows, footer=footer)
+
+
+def _normalised(record: dict) -> dict:
+    """A stored group record with each member's config re-read through today's defaults, so a
+    group started before a config field was added still matches the same options now."""
+    from medlens.engine.config import config_from_dict
+
+    members = record.get("members")
+    if not isinstance(members, dict):
+        return record
+    try:
+        members = {name: config_from_dict(raw).to_dict() for name, raw in members.items()}
+    except (TypeError, ValueError):
+        return record  # not today's config any more: compared as stored, and so refused
+    return json.loads(json.dumps({**record, "members": members}))

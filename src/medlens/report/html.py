@@ -189,8 +189,10 @@ def _data_section(run: Path, card) -> str:
         train = np.asarray(counts.get("train", []), dtype=float)
         if len(train) and train.min() > 0 and train.max() / train.min() > 2:
             ratio = train.max() / train.min()
+            note = (" This model was trained balanced, then prior-corrected: its probabilities are for the "
+                    "training class mix." if (card.config.get("data") or {}).get("correct_priors") else "")
             parts.append(f"<p class=warn>Imbalanced training data: the largest class has {ratio:.1f}x the images "
-                         "of the smallest (class weights or oversampling help; see the config).</p>")
+                         f"of the smallest (class weights or oversampling help; see the config).{note}</p>")
     else:
         sizes = card.dataset.get("sizes", {})
         parts.append("<p>" + ", ".join(f"{_e(k)} {v}" for k, v in sizes.items()) + " images</p>")
