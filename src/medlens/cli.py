@@ -200,7 +200,7 @@ def build_train_config(args: argparse.Namespace):
 
     # Prior correction is checked against the balancing the plan chooses, so it waits for the plan.
     asked = {k: v for k, v in overrides["data"].items() if k != "correct_priors"}
-    base = build_config({**overrides, "data": asked}, file=args.config, plan={"data": {"correct_priors": False}})
+    base = build_config({**overrides, "data": asked}, file=args.config)
     data = dict(base.data.__dict__)
     # --members fixes the ensemble size; a multi-device run trains one model; else the rules choose.
     members = args.members if args.members is not None else None if base.train.one_process else 1

@@ -12,12 +12,9 @@ def _recorder(monitor="val_auc", mode="max") -> RunRecorder:
 
 
 def _take(recorder: RunRecorder, epoch: int, value: float, loss: float) -> bool:
-    """What on_train_epoch_end does with the monitored value and the val loss of one epoch."""
-    improved = recorder._better(value, loss) or recorder.best_epoch < 0
-    if improved:
-        recorder.best_score, recorder.best_loss, recorder.best_epoch = value, loss, epoch
+    """One epoch's monitored value and val loss, through the recorder's own bookkeeping."""
     recorder.rows.append({"epoch": epoch, "val_loss": loss, recorder.monitor: value})
-    return improved
+    return recorder._consider(epoch, value, loss)
 
 
 def test_an_equal_auc_at_a_lower_val_loss_is_the_new_best():

@@ -231,9 +231,14 @@ def plan_auto(profile: DatasetProfile, budget_s: float, throughput: Callable[[st
     left = max(budget_s - spent_s, 1.0)
     train_s = left * TRAIN_SHARE
     ladder = LADDER_3D if profile.spatial_dims == 3 else LADDER_2D
+
+    def share(k: int) -> float:
+        """Training seconds of each of ``k`` members (one model: all of it)."""
+        return train_s if k == 1 else train_s / k - MEMBER_OVERHEAD_S
+
     # The time one model gets: all of it when the rules choose the members (they are bought with
     # what is left over), its share when the user fixed them.
-    model_s = train_s if members is None or members == 1 else max(train_s / members - MEMBER_OVERHEAD_S, 1.0)
+    model_s = train_s if members is None or members == 1 else max(share(members), 1.0)
     measured: dict[str, float] = {}
     chosen, chosen_rate = None, None
     for name, kwargs in ladder:
@@ -251,7 +256,7 @@ def plan_auto(profile: DatasetProfile, budget_s: float, throughput: Callable[[st
     chosen_members = members is None
     if chosen_members:
         members = int(min(MAX_MEMBERS, max(1, math.floor(train_s / member_s))))
-    per_member_s = train_s if members == 1 else train_s / members - MEMBER_OVERHEAD_S
+    per_member_s = share(members)
     epochs = int(max(1, min(MAX_EPOCHS, math.floor(per_member_s * chosen_rate / profile.n_train))))
     o["model"] = {"name": chosen[0], "kwargs": dict(chosen[1])}
     reasons.append(f"model {chosen_label}: the largest candidate that trains the {need} epochs "

@@ -66,6 +66,15 @@ class RunRecorder(Checkpoint):
             return not math.isnan(loss) and loss < self.best_loss
         return value > self.best_score if self.mode == "max" else value < self.best_score
 
+    def _consider(self, epoch: int, value: float, loss: float) -> bool:
+        """Take one epoch's monitored value and validation loss; True (and remembered) if it is the new best."""
+        improved = self._better(value, loss) or self.best_epoch < 0
+        if improved:
+            self.best_score = value if not math.isnan(value) else self.best_score
+            self.best_loss = loss if not math.isnan(loss) else math.inf
+            self.best_epoch = epoch
+        return improved
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         train_metrics = dict(getattr(pl_module, "train_epoch_metrics", {}))
@@ -79,12 +88,7 @@ class RunRecorder(Checkpoint):
             if math.isinf(row[key]):
                 row[key] = math.nan
         self.rows.append(row)
-        value = row[self.monitor]
-        improved = self._better(value, row["val_loss"]) or self.best_epoch < 0
-        if improved:
-            self.best_score = value if not math.isnan(value) else self.best_score
-            self.best_loss = row["val_loss"] if not math.isnan(row["val_loss"]) else math.inf
-            self.best_epoch = trainer.current_epoch
+        improved = self._consider(trainer.current_epoch, row[self.monitor], row["val_loss"])
         checkpoints = self.run_dir / "checkpoints"
         if trainer.is_global_zero:
             epoch_metrics = {"epoch": trainer.current_epoch, **{k: row[k] for k in ("val_loss", "val_acc", "val_auc")}}
