@@ -24,8 +24,8 @@ def analyse(run: Path) -> dict | None:
     from medlens.data.registry import Task
     from medlens.engine.checkpoint import load_model
     from medlens.engine.config import load_run_config, resolve_data
-    from medlens.evaluate.metrics import accuracy_score, roc_auc_score
-    from medlens.evaluate.predict import predict
+    from medlens.metrics import accuracy_score, roc_auc_score
+    from medlens.inference.predict import predict
 
     cfg = load_run_config(run)
     if cfg.data.class_weights != "balanced" or cfg.data.correct_priors:

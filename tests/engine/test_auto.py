@@ -159,7 +159,8 @@ def test_train_recipe_auto_writes_its_choices_and_keeps_the_budget(medmnist_root
     assert all(f"auto: {reason}" in err for reason in plan["reasons"])
     # BreastMNIST is 2.7x imbalanced: trained balanced, saved prior-corrected; unless the user turns balancing off.
     assert plan["overrides"]["data"]["correct_priors"] is True
-    from medlens.cli import build_parser, build_train_config
+    from medlens.cli import build_parser
+    from medlens.commands.train import train_config as build_train_config
 
     args = build_parser().parse_args(["train", "breastmnist", "--root", str(medmnist_root), "--recipe", "auto",
                                       "--budget", "15s", "--class-weights", "none", "--out", str(tmp_path / "z")])

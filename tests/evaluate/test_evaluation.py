@@ -15,7 +15,7 @@ from medlens.data.registry import Task
 from medlens.engine.config import build_config
 from medlens.engine.train import train
 from medlens.evaluate.evaluation import evaluate_run, parse_result_name, read_medmnist_result
-from medlens.evaluate.metrics import accuracy_score, roc_auc_score
+from medlens.metrics import accuracy_score, roc_auc_score
 
 
 def _quick(spec: str, root, **data) -> object:

@@ -333,3 +333,64 @@ def auto_overrides(data_overrides: dict, budget: str | float, *, say=print, memb
     for reason in plan.reasons:
         say(f"auto: {reason}")
     return plan
+
+
+def build_train_config(overrides: dict | None = None, *, recipe: str = "default", budget: str | float | None = None,
+                       file: str | None = None, say=print):
+    """The run config of ``medlens train`` / ``cv`` / ``bench``: a recipe, or the auto plan, plus overrides.
+
+    The one place where ``--recipe auto`` is composed, so a notebook gets exactly what the CLI does::
+
+        config, plan = build_train_config({"data": {"spec": "retinamnist"}}, recipe="auto", budget="5m")
+        medlens.workflows.train(config, "runs/retina", plan=plan)
+
+    Args:
+        overrides: nested config overrides (``{"optim": {"lr": 0.01}}``): the flags; win over all.
+        recipe: a name of :data:`medlens.engine.config.RECIPES`, or ``auto`` (then ``budget`` is needed).
+        budget: ``--recipe auto``'s whole-run time budget (``"5m"``, ``"90s"``, seconds).
+        file: a YAML config file (``--config``).
+        say: where the plan's reasons are printed (one line each).
+
+    Returns:
+        ``(RunConfig, AutoPlan or None)``.
+
+    Raises:
+        ValueError: a budget without ``recipe auto`` or the reverse, or any bad config value.
+    """
+    from dataclasses import replace
+
+    from medlens.engine.config import build_config
+
+    overrides = {k: dict(v) for k, v in (overrides or {}).items()}
+    for section in ("data", "model", "augment", "optim", "train"):
+        overrides.setdefault(section, {})
+    if recipe != "auto":
+        if budget is not None:
+            raise ValueError("--budget goes with --recipe auto")
+        return build_config(overrides, recipe=recipe, file=file), None
+    if budget is None:
+        raise ValueError("--recipe auto needs --budget, e.g. --budget 5m")
+    # Prior correction is checked against the balancing the plan chooses, so it waits for the plan.
+    asked = {k: v for k, v in overrides["data"].items() if k != "correct_priors"}
+    base = build_config({**overrides, "data": asked}, file=file)
+    data = dict(base.data.__dict__)
+    # --members fixes the ensemble size; a multi-device run trains one model; else the rules choose.
+    given = overrides["train"].get("members")
+    members = given if given is not None else None if base.train.one_process else 1
+    plan = auto_overrides(data, budget, say=say, members=members)
+    planned = plan.overrides["data"].get("correct_priors", False)
+    plan.overrides["data"]["correct_priors"] = False
+    config = build_config(overrides, recipe="default", file=file, plan=plan.overrides)
+    if planned and "correct_priors" not in overrides["data"]:
+        # The rules pair balanced class weights with prior correction; the user's own options
+        # (class weights off, another loss) win, and then there is nothing to correct.
+        balanced = config.data.class_weights == "balanced" or config.data.oversample
+        loss = plan.overrides["optim"]["loss"] if config.optim.loss == "auto" else config.optim.loss
+        if balanced and loss == "ce":
+            config = replace(config, data=replace(config.data, correct_priors=True))
+            plan.overrides["data"]["correct_priors"] = True
+        else:
+            plan.reasons.append(f"no prior correction: your options give {'loss ' + loss if balanced else 'no balancing'}"
+                                f", which it does not fit")
+            say(f"auto: {plan.reasons[-1]}")
+    return config, plan

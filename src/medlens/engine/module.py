@@ -20,7 +20,7 @@ import torch
 from medlens.data.augment import BatchAugment, Normalisation, mixup, normalise, to_unit
 from medlens.data.registry import Task
 from medlens.engine.config import RunConfig
-from medlens.evaluate.metrics import accuracy_score, roc_auc_score
+from medlens.metrics import accuracy_score, roc_auc_score
 
 
 def scores_from_logits(logits: torch.Tensor, task: Task) -> torch.Tensor:

@@ -11,10 +11,8 @@ The run folder::
                        resume.safetensors + resume.json (optimizer, schedule, loops: for --resume)
     metrics.json       at the end: best epoch, val and test ACC/AUC of the best checkpoint
 
-With ``train.members`` K > 1 the run folder holds ``config.yaml``, ``splits.json``, ``train.log``,
-``members/m0 .. m<K-1>`` (each a full run folder as above) and ``checkpoints/best`` (the
-``ensemble`` of the members' best checkpoints) and ``metrics.json`` (the ensemble's, with each
-member's beside it). A resumed ensemble keeps its finished members and resumes the unfinished one.
+An ensemble (``train.members`` K > 1) is K such runs under ``members/``: a workflow above this
+one (:mod:`medlens.workflows.ensemble`); ``medlens.workflows.train`` takes either.
 
 With ``data.correct_priors`` the best and last checkpoints hold the prior-corrected classifier
 bias; the resume state, ``history.csv`` and the best-epoch choice are those of the model in
@@ -67,7 +65,7 @@ class TrainResult:
     best_checkpoint: Path
 
 
-def _is_run(path: Path) -> bool:
+def is_run(path: Path) -> bool:
     return (path / "config.yaml").is_file()
 
 
@@ -81,7 +79,7 @@ def _setup_log(run_dir: Path, rank: int) -> logging.Handler | None:
     return handler
 
 
-def _say(message: str, rank: int) -> None:
+def say(message: str, rank: int = 0) -> None:
     """Log to train.log, and print to stderr on the main process."""
     log.info(message)
     if rank == 0:
@@ -95,22 +93,31 @@ def _global_rank() -> int:
     return int(os.environ.get("NODE_RANK", "0")) * 1000 + int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def train(config: RunConfig, out: str | os.PathLike) -> TrainResult:
-    """Train a new run into ``out`` (which must not hold a run yet).
+def train(config: RunConfig, out: str | os.PathLike, *, source=None) -> TrainResult:
+    """Train one new model into ``out`` (which must not hold a run yet).
+
+    Args:
+        config: the run's config; ``train.members`` must be 1 (an ensemble is a workflow:
+            :func:`medlens.workflows.train` takes both).
+        out: the run folder to create.
+        source: the already-resolved data of ``config.data`` (None: resolved here).
 
     Raises:
         FileExistsError: ``out`` already holds a run (continue it with :func:`resume`).
         ValueError: a bad option (unknown model, loss that does not fit the task, 3D model on
-            2D data, ...), named in the message.
+            2D data, ``train.members`` > 1, ...), named in the message.
     """
     run_dir = Path(out)
-    if _is_run(run_dir) and _global_rank() == 0:
+    if config.train.members > 1:
+        raise ValueError(f"train.members {config.train.members} is an ensemble of several runs: train it with "
+                         "medlens.workflows.train (or medlens train --members K)")
+    if is_run(run_dir) and _global_rank() == 0:
         raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                               "or choose another --out")
-    return _run(config, run_dir, resume=False)
+    return _run(config, run_dir, resume=False, source=source)
 
 
-def resume(run_dir: str | os.PathLike) -> TrainResult:
+def resume(run_dir: str | os.PathLike, *, source=None) -> TrainResult:
     """Continue an interrupted run from its last completed epoch.
 
     Optimizer, schedule, loop counters and history come back from ``checkpoints/resume``;
@@ -120,33 +127,35 @@ def resume(run_dir: str | os.PathLike) -> TrainResult:
 
     Raises:
         FileNotFoundError: ``run_dir`` is not a run folder (no ``config.yaml``).
+        ValueError: ``run_dir`` is an ensemble (resume it with :func:`medlens.workflows.resume`).
     """
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
-    state = run_dir / "checkpoints" / "resume.safetensors"
     if config.train.members > 1:
-        return _run(config, run_dir, resume=True)
+        raise ValueError(f"{run_dir} is an ensemble of {config.train.members} runs: resume it with "
+                         "medlens.workflows.resume (or medlens train --resume)")
+    state = run_dir / "checkpoints" / "resume.safetensors"
     if not state.is_file():
         # Stopped before its first epoch ended (in pre-training, say): the same seed from the start
         # gives exactly the run that was interrupted.
         print(f"{run_dir} has no finished epoch yet: starting it again from the beginning", file=sys.stderr)
-        return _run(config, run_dir, resume=False)
-    return _run(config, run_dir, resume=True)
+        return _run(config, run_dir, resume=False, source=source)
+    return _run(config, run_dir, resume=True, source=source)
 
 
-def _run(config: RunConfig, run_dir: Path, *, resume: bool, source=None) -> TrainResult:
-    rank = _global_rank()
+@contextlib.contextmanager
+def run_log(run_dir: Path, rank: int = 0):
+    """``train.log`` of ``run_dir`` for the duration, Lightning kept quiet; a run folder that this
+    call created and that still holds no run when an error leaves is removed (a bad option or
+    missing data leaves nothing behind)."""
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _setup_log(run_dir, rank)
     try:
         with _quiet_lightning():
-            if config.train.members > 1:
-                return _train_ensemble(config, run_dir, resume=resume)
-            return _train_in(config, run_dir, resume=resume, rank=rank, source=source)
+            yield
     except BaseException:
-        if created and rank == 0 and not _is_run(run_dir):
-            # Failed before the run existed (a bad option, missing data): leave nothing behind.
+        if created and rank == 0 and not is_run(run_dir):
             if handler is not None:
                 log.removeHandler(handler)
                 handler.close()
@@ -157,6 +166,12 @@ def _run(config: RunConfig, run_dir: Path, *, resume: bool, source=None) -> Trai
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
+
+
+def _run(config: RunConfig, run_dir: Path, *, resume: bool, source=None) -> TrainResult:
+    rank = _global_rank()
+    with run_log(run_dir, rank):
+        return _train_in(config, run_dir, resume=resume, rank=rank, source=source)
 
 
 @contextlib.contextmanager
@@ -196,7 +211,7 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
     data = cfg.data
     source = source if source is not None else resolve_data(data)
     for warning in source.warnings:
-        _say(f"warning: {warning}", rank)
+        say(f"warning: {warning}", rank)
     info = source.info
     task = info.task
     train_split = source.splits["train"]
@@ -205,24 +220,24 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
     num_classes = info.n_classes
 
     spec = get_model_spec(cfg.model.name)  # unknown model: ValueError listing the valid ones
-    model, loss, loss_name, class_weights, logit_shift = _model_and_loss(cfg, source)
-    _say(f"medlens train: {source.spec} ({task.value}, {num_classes} classes, "
+    model, loss, loss_name, class_weights, logit_shift = model_and_loss(cfg, source)
+    say(f"medlens train: {source.spec} ({task.value}, {num_classes} classes, "
          f"{in_channels}x{source.size}px {spatial_dims}D; train {len(train_split)}, "
          f"val {len(source.splits['val'])}, test {len(source.splits['test'])}) -> {cfg.model.name}, "
          f"loss {loss_name}, {cfg.optim.optimizer} lr {cfg.optim.lr}, {cfg.train.epochs} epochs", rank)
     if cfg.data.oversample:
-        _say("oversampling: training batches drawn with probability 1/(images in the class), "
+        say("oversampling: training batches drawn with probability 1/(images in the class), "
              "so every class is seen equally often", rank)
     if class_weights is not None:
         listed = ", ".join(f"{name} {w:.3f}" for name, w in zip(info.class_names, class_weights.tolist()))
-        _say(f"class weights (balanced): {listed}", rank)
+        say(f"class weights (balanced): {listed}", rank)
     if logit_shift is not None:
         listed = ", ".join(f"{name} {s:+.3f}" for name, s in zip(info.class_names, logit_shift.tolist()))
-        _say(f"prior correction: the saved models' logits get the log training priors added ({listed}), so "
+        say(f"prior correction: the saved models' logits get the log training priors added ({listed}), so "
              f"their probabilities are for the training class mix and argmax maximises accuracy there", rank)
 
     normalisation = channel_stats(train_split.images)
-    _start_or_check(cfg, run_dir, source, resume=resume, write=rank == 0)
+    start_or_check(cfg, run_dir, source, resume=resume, write=rank == 0)
 
     card = ModelCard(
         architecture=cfg.model.name, model_kwargs=dict(cfg.model.kwargs), task=task.value,
@@ -240,7 +255,7 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
         from medlens.engine.pretrain import pretrain_autoencoder
 
         pretrain_autoencoder(model, train_split, cfg, normalisation, spatial_dims, in_channels, source.size,
-                             run_dir, say=lambda m: _say(m, rank))
+                             run_dir, say=lambda m: say(m, rank))
     if spec.channels_last and cfg.model.channels_last:
         # Measured here: channels-last is 1.1-1.5x faster in 2D training, 1.1-1.3x in 3D.
         model = model.to(memory_format=torch.channels_last if spatial_dims == 2 else torch.channels_last_3d)
@@ -285,13 +300,13 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
                         step=metrics["epochs_run"])
     tracker.finish([run_dir / "metrics.json", run_dir / "config.yaml", run_dir / "history.csv",
                     run_dir / "checkpoints" / "best.json"])
-    _say(f"done in {metrics['seconds']:.0f} s: best epoch {metrics['best_epoch']}, "
+    say(f"done in {metrics['seconds']:.0f} s: best epoch {metrics['best_epoch']}, "
          f"val ACC {metrics['val']['acc']:.3f} AUC {metrics['val']['auc']:.3f}, "
          f"test ACC {metrics['test']['acc']:.3f} AUC {metrics['test']['auc']:.3f} -> {run_dir}", rank)
     return TrainResult(run_dir, metrics, run_dir / "checkpoints" / "best.safetensors")
 
 
-def _start_or_check(cfg: RunConfig, run_dir: Path, source, *, resume: bool, write: bool) -> None:
+def start_or_check(cfg: RunConfig, run_dir: Path, source, *, resume: bool, write: bool) -> None:
     """A new run writes ``config.yaml`` and ``splits.json``; a resumed one checks its data did not change."""
     if resume:
         started_on = json.loads((run_dir / "splits.json").read_text()).get("fingerprint")
@@ -303,7 +318,7 @@ def _start_or_check(cfg: RunConfig, run_dir: Path, source, *, resume: bool, writ
         source.save_splits(run_dir / "splits.json")
 
 
-def _model_and_loss(cfg: RunConfig, source):
+def model_and_loss(cfg: RunConfig, source):
     """The untrained model and the loss of a run: every bad model, option or loss fails here, first."""
     from medlens.engine.losses import create_loss, default_loss
     from medlens.models import create_model
@@ -368,10 +383,10 @@ def _class_weights(cfg: RunConfig, labels: np.ndarray, num_classes: int) -> torc
     return torch.tensor(class_weights(labels, num_classes), dtype=torch.float32)
 
 
-def _score(model: torch.nn.Module, card, source, task) -> dict:
+def score(model: torch.nn.Module, card, source, task) -> dict:
     """Val and test ACC/AUC (official definitions) of a model and its card's normalisation."""
-    from medlens.evaluate.metrics import accuracy_score, roc_auc_score
-    from medlens.evaluate.predict import predict
+    from medlens.metrics import accuracy_score, roc_auc_score
+    from medlens.inference.predict import predict
 
     results = {}
     for split in ("val", "test"):
@@ -391,7 +406,7 @@ def _final_metrics(run_dir: Path, source, task, recorder, spatial_dims: int, cfg
 
     best = run_dir / "checkpoints" / "best.safetensors"
     model, card = load_model(best)
-    results = _score(model, card, source, task)
+    results = score(model, card, source, task)
     save_model(model, replace(card, metrics={**card.metrics, **results}), best)
     history = recorder.rows
     metrics = {
@@ -408,115 +423,6 @@ def _final_metrics(run_dir: Path, source, task, recorder, spatial_dims: int, cfg
     with atomic_path(run_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=1))
     return metrics
-
-
-def member_seed(seed: int, index: int) -> int:
-    """Seed of ensemble member ``index``: ``seed`` for member 0, else one drawn from ``(seed, index)``.
-
-    Drawn rather than ``seed + index`` so that ensembles of neighbouring seeds (``--seeds 3``)
-    share no member.
-    """
-    if index == 0:
-        return seed
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0] % 2**31)
-
-
-def _train_ensemble(cfg: RunConfig, run_dir: Path, *, resume: bool) -> TrainResult:
-    """``train.members`` K > 1: K member runs one after another, then one ``ensemble`` checkpoint."""
-    import time
-
-    from medlens.engine.checkpoint import load_model, save_model
-    from medlens.engine.config import resolve_data
-    from medlens.engine.tracking import Tracker, default_tracking_uri
-    from medlens.models import create_model
-
-    start = time.perf_counter()
-    k = cfg.train.members
-    source = resolve_data(cfg.data)  # once, shared by the members
-    _model_and_loss(cfg, source)  # a bad model, option or loss fails before the run folder exists
-    _start_or_check(cfg, run_dir, source, resume=resume, write=True)
-    uri = cfg.train.tracking_uri or default_tracking_uri(run_dir)
-    _say(f"ensemble: {k} members of {cfg.model.name} -> {run_dir / 'members'}", 0)
-    members = []
-    spent_before = 0.0  # training seconds of members finished in an earlier sitting (resume)
-    for i in range(k):
-        member_dir = run_dir / "members" / f"m{i}"
-        finished = (member_dir / "metrics.json").is_file()
-        if finished:
-            _say(f"ensemble: member {i} already finished, kept", 0)
-        elif _is_run(member_dir):
-            _say(f"ensemble: resuming member {i}", 0)
-            _run(load_run_config(member_dir), member_dir, resume=(member_dir / "checkpoints" / "resume.safetensors")
-                 .is_file(), source=source)
-        else:
-            max_seconds = None
-            if cfg.train.max_seconds is not None:
-                # What is left of the time limit, shared by the members still to train.
-                left = cfg.train.max_seconds - spent_before - (time.perf_counter() - start)
-                max_seconds = left / (k - i)
-                first_s = members[0][1]["seconds"] if members else None
-                if first_s is not None and max_seconds < 0.5 * first_s:
-                    # A member with under half the training of the first would be a weak vote of equal weight.
-                    _say(f"ensemble: stopping at {i} members: {max(left, 0):.0f} s left would give the "
-                         f"{k - i} still to train {max(max_seconds, 0):.0f} s each, under half of member 0's "
-                         f"{first_s:.0f} s", 0)
-                    break
-                max_seconds = max(1.0, max_seconds)
-            member_cfg = replace(cfg, train=replace(cfg.train, members=1, seed=member_seed(cfg.train.seed, i),
-                                                    max_seconds=max_seconds, tracking_uri=uri))
-            _say(f"ensemble: member {i} of {k}, seed {member_cfg.train.seed}"
-                 + (f", at most {max_seconds:.0f} s" if max_seconds else ""), 0)
-            _run(member_cfg, member_dir, resume=False, source=source)
-        members.append((member_dir, json.loads((member_dir / "metrics.json").read_text())))
-        if finished:
-            spent_before += members[-1][1]["seconds"]
-    k = len(members)
-
-    loaded = [load_model(d / "checkpoints" / "best.safetensors") for d, _ in members]
-    first = loaded[0][1]
-    combine = "sigmoid" if source.info.task.is_multilabel or len(first.class_names) == 1 else "softmax"
-    kwargs = {"member": first.architecture, "member_options": dict(first.model_kwargs), "members": k,
-              "combine": combine}
-    ensemble = create_model("ensemble", in_channels=first.in_channels, num_classes=len(first.class_names),
-                            spatial_dims=first.spatial_dims, input_size=first.input_size, **kwargs)
-    for slot, (model, card) in zip(ensemble.members, loaded):
-        if card.normalisation != first.normalisation:
-            raise ValueError(f"ensemble members of {run_dir} were trained on different data (normalisation differs)")
-        slot.load_state_dict(model.state_dict())
-    ensemble.eval()
-    results = _score(ensemble, first, source, source.info.task)
-    card = replace(first, architecture="ensemble", model_kwargs=kwargs, config=cfg.to_dict(),
-                   metrics={"members": [m for _, m in members], "best_epoch": [m["best_epoch"] for _, m in members],
-                            **results})
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    save_model(ensemble, card, run_dir / "checkpoints" / "best.safetensors")
-    metrics = {
-        "dataset": source.spec,
-        "model": "ensemble",
-        "member": cfg.model.name,
-        "members_planned": cfg.train.members,
-        "members": [{"run": f"members/{d.name}", "seed": member_seed(cfg.train.seed, i), "best_epoch": m["best_epoch"],
-                     "epochs_run": m["epochs_run"], "seconds": m["seconds"], "val": m["val"], "test": m["test"]}
-                    for i, (d, m) in enumerate(members)],
-        "best_epoch": [m["best_epoch"] for _, m in members],
-        "monitor": cfg.train.monitor,
-        "epochs_run": int(sum(m["epochs_run"] for _, m in members)),
-        "seconds": float(sum(m["seconds"] for _, m in members)),
-        "train_images_per_second": float(np.median([m["train_images_per_second"] for _, m in members])),
-        "val": results["val"],
-        "test": results["test"],
-    }
-    with atomic_path(run_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=1))
-    tracker = Tracker(uri, run_dir, cfg.to_dict())
-    tracker.log_metrics({f"{split}_{key}": v for split in ("val", "test") for key, v in results[split].items()},
-                        step=metrics["epochs_run"])
-    tracker.finish([run_dir / "metrics.json", run_dir / "config.yaml", run_dir / "checkpoints" / "best.json"])
-    singles = ", ".join(f"{m['test']['auc']:.3f}" for _, m in members)
-    _say(f"ensemble of {k} done in {time.perf_counter() - start:.0f} s: val ACC {results['val']['acc']:.3f} "
-         f"AUC {results['val']['auc']:.3f}, test ACC {results['test']['acc']:.3f} AUC {results['test']['auc']:.3f} "
-         f"(members' test AUC {singles}) -> {run_dir}", 0)
-    return TrainResult(run_dir, metrics, run_dir / "checkpoints" / "best.safetensors")
 
 
 class _DataModule:

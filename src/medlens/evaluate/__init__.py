@@ -1,1 +1,4 @@
-"""Evaluation: metrics as pure functions on numpy arrays."""
+"""Scoring runs and datasets: ``evaluate_run`` (metrics with CIs, result files) and ``compare``.
+
+The metric functions themselves are in :mod:`medlens.metrics`.
+"""

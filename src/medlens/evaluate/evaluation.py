@@ -4,7 +4,7 @@
 way training did (same spec, split seed and fold, so ``val`` is the run's own validation split),
 predicts, and writes into ``RUN/eval/<split>/`` (``RUN/eval/<split>@<data>/`` for ``--data``):
 
-    metrics.json     every metric of :func:`~medlens.evaluate.metrics.evaluate_scores`, with a
+    metrics.json     every metric of :func:`~medlens.metrics.evaluate_scores`, with a
                      header (schema below); NaN is written as ``null``
     predictions.csv  id (file or row), true label, predicted label, one probability per class
     <flag>_<split>_[AUC]x.xxx_[ACC]x.xxx@<run>.csv
@@ -16,7 +16,7 @@ predicts, and writes into ``RUN/eval/<split>/`` (``RUN/eval/<split>@<data>/`` fo
 ``metrics.json`` schema (``schema_version`` 1): ``schema_version``, ``run``, ``split``, ``data``
 (spec), ``fingerprint`` (of the data and its split), ``model`` (architecture), ``checkpoint_sha256``
 (of the weights evaluated), ``class_names``,
-``medlens`` (version), then the body of :func:`~medlens.evaluate.metrics.evaluate_scores`: ``n``,
+``medlens`` (version), then the body of :func:`~medlens.metrics.evaluate_scores`: ``n``,
 ``task``, ``acc``, ``auc``, ``ci`` (bootstrap intervals of ACC, AUC and macro F1), ``per_class``,
 ``confusion``, ``roc``, ``pr``, ``calibration``.
 """
@@ -44,7 +44,7 @@ class Evaluation:
 
     Attributes:
         metrics: the ``metrics.json`` content (NaN kept as float NaN here).
-        predictions: :class:`~medlens.evaluate.predict.Predictions` on the split.
+        predictions: :class:`~medlens.inference.predict.Predictions` on the split.
         folder: the ``eval/...`` folder written.
         files: ``{"metrics": path, "predictions": path, "medmnist": path}``.
         images: the split evaluated (:class:`~medlens.data.source.TensorSplit`, uint8 images in
@@ -83,8 +83,8 @@ def evaluate_run(run: str | Path, *, split: str = "test", data: str | None = Non
     from medlens.data.registry import Task
     from medlens.engine.checkpoint import load_model
     from medlens.engine.config import load_run_config, resolve_data
-    from medlens.evaluate.metrics import METRICS_SCHEMA_VERSION, evaluate_scores
-    from medlens.evaluate.predict import predict
+    from medlens.metrics import METRICS_SCHEMA_VERSION, evaluate_scores
+    from medlens.inference.predict import predict
     from medlens.models import get_model_spec
 
     if split not in SPLIT_NAMES:
@@ -178,7 +178,7 @@ def _labels_text(y: np.ndarray, class_names: list[str], multilabel: bool) -> lis
 
 def _write(folder: Path, metrics: dict, predictions, class_names: list[str], *, flag: str, split: str,
            run_name: str) -> dict:
-    from medlens.evaluate.metrics import predicted_labels
+    from medlens.metrics import predicted_labels
 
     folder.mkdir(parents=True, exist_ok=True)
     task = predictions.task

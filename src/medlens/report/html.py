@@ -96,7 +96,7 @@ def _run_sections(run: Path, *, gallery: int, split: str, explain: bool, n_boots
 
 
 def _group_sections(parent: Path) -> tuple[list[str], str]:
-    from medlens.evaluate.multirun import summarise
+    from medlens.workflows.groups import summarise
     from medlens.report.figures import figure_spec, fold_figure
 
     group = json.loads((parent / "group.json").read_text())
@@ -282,7 +282,7 @@ def _gallery_section(evaluation, *, limit: int, explain: bool) -> str:
     import torch
 
     from medlens.data.augment import Normalisation, to_float
-    from medlens.evaluate.metrics import predicted_labels
+    from medlens.metrics import predicted_labels
     from medlens.explain.render import overlay_png
 
     predictions = evaluation.predictions

@@ -1,4 +1,4 @@
-"""The ``medlens serve`` command: the HTTP service (upload page and JSON API) with uvicorn.
+"""``medlens serve``: the HTTP service (upload page and JSON API) with uvicorn.
 
 Only the standard library is imported here; FastAPI, uvicorn and the model backends load when
 the command runs.
@@ -49,7 +49,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Load RUN's model (exporting ONNX first if needed) and serve it until interrupted."""
     run = Path(args.run)
     if not (run / "checkpoints" / "best.safetensors").is_file():
@@ -82,8 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``medlens serve``."""
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve", help="serve a run's model over HTTP: upload page at /, JSON API at /v1, docs at /docs",
         description="Serve RUN's best model with uvicorn. POST images to /v1/predict (multipart field 'files', "
@@ -104,4 +103,4 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="most pixels (voxels) an image may declare, against decompression bombs (default 50000000)")
     p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info",
                    help="uvicorn log level (default info)")
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(func=run)

@@ -1,4 +1,4 @@
-"""Properties every metric of medlens.evaluate.metrics shares, checked at once over a registry
+"""Properties every metric of medlens.metrics shares, checked at once over a registry
 (scikit-learn's ``metrics/tests/test_common.py``): invariance to the order of the samples, the value
 of a perfect and of a constant predictor, and clear ``ValueError`` messages for bad input, on every
 task type (binary with a softmax (N, 2) and with a sigmoid (N, 1) score)."""
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from medlens.data.registry import Task
-from medlens.evaluate.metrics import (
+from medlens.metrics import (
     accuracy_score,
     balanced_accuracy_score,
     bootstrap_ci,

@@ -1,4 +1,4 @@
-"""Unit tests for medlens.evaluate.metrics: the official MedMNIST ACC and AUC on every task, and the
+"""Unit tests for medlens.metrics: the official MedMNIST ACC and AUC on every task, and the
 per-class report, kappa, confusion matrices, curves, calibration, bootstrap intervals and evaluate_scores
 against values worked out by hand."""
 
@@ -15,8 +15,8 @@ from sklearn.metrics import accuracy_score as sk_accuracy
 from sklearn.metrics import roc_auc_score as sk_auc
 
 from medlens.data.registry import Task
-from medlens.evaluate import metrics as metrics_module
-from medlens.evaluate.metrics import (
+from medlens.metrics import classification as metrics_module
+from medlens.metrics import (
     BOOTSTRAP_METRICS,
     METRICS_SCHEMA_VERSION,
     accuracy_score,

@@ -40,6 +40,15 @@ BUDGET_SLACK = 1.20  # a run may overshoot its budget by 20% before it counts as
 MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
+def default_folder_root() -> str | None:
+    """Where the folder datasets are by default: the folder holding ``$MEDLENS_DATA`` (``../shared/data``
+    beside ``medmnist/``), or None when ``$MEDLENS_DATA`` is unset."""
+    import os
+
+    data = os.environ.get("MEDLENS_DATA")
+    return str(Path(data).resolve().parent) if data else None
+
+
 def dataset_spec(name: str, folder_root: str | Path | None) -> str:
     """The data spec of a bench dataset name: MedMNIST names as they are, folder datasets under ``folder_root``."""
     if name in FOLDER_DATASETS:
@@ -52,10 +61,9 @@ def dataset_spec(name: str, folder_root: str | Path | None) -> str:
 
 def run_one(name: str, spec: str, seed: int, budget_s: float, work: Path, *, say=print) -> dict:
     """Train with the auto recipe and evaluate one (dataset, seed); returns and writes ``bench.json``."""
-    from medlens.engine.auto import auto_overrides
-    from medlens.engine.config import build_config
-    from medlens.engine.train import train
+    from medlens.engine.auto import build_train_config
     from medlens.evaluate.evaluation import evaluate_run
+    from medlens.workflows.training import train
 
     run_dir = work / name / f"seed{seed}"
     done = run_dir / "bench.json"
@@ -67,10 +75,11 @@ def run_one(name: str, spec: str, seed: int, budget_s: float, work: Path, *, say
     say(f"bench {name} seed {seed}: budget {budget_s:.0f} s")
     start = time.perf_counter()
     data = {"spec": spec, "split_seed": 0}
-    plan = auto_overrides(dict(build_config({"data": data}).data.__dict__), budget_s, say=say)
-    config = build_config({"data": data, "train": {"seed": seed, "tracking_uri": "none", "progress": False}},
-                          plan=plan.overrides)
-    result = train(config, run_dir)
+    # The same composition as `medlens train --recipe auto`: one function builds both.
+    config, plan = build_train_config({"data": data, "train": {"seed": seed, "tracking_uri": "none",
+                                                               "progress": False}},
+                                      recipe="auto", budget=budget_s, say=say)
+    result = train(config, run_dir, plan=plan)
     evaluation = evaluate_run(run_dir, split="test", n_bootstrap=1000, seed=seed)
     wall = time.perf_counter() - start
     metrics = evaluation.metrics

@@ -1,4 +1,4 @@
-"""``medlens explain`` (standard library only at import)."""
+"""``medlens explain``: Grad-CAM figures of image files with a trained run."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ def _target_index(target: str | None, class_names: list[str]) -> int | None:
                      f"{', '.join(class_names)} (or 0..{len(class_names) - 1})")
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
-    from medlens.serve.commands import predict_files
+def run(args: argparse.Namespace) -> int:
+    from medlens.serve.files import predict_files
     from medlens.serve.inputs import expand_inputs
     from medlens.serve.predictor import Predictor
 
@@ -45,8 +45,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def add_commands(commands) -> None:
-    """Register ``explain`` on the CLI's sub-parsers."""
+def add_parser(commands) -> None:
     p = commands.add_parser("explain", help="write Grad-CAM figures (predicted class and probability on them) "
                                             "for image files; 3D: three orthogonal slices")
     p.add_argument("run", metavar="RUN", help="run folder (its best checkpoint) or a .safetensors checkpoint")
@@ -57,4 +56,4 @@ def add_commands(commands) -> None:
     p.add_argument("--layer", help="dotted name of the layer to explain (default: the model family's last "
                                    "convolutional stage, e.g. layer4 for ResNets)")
     p.add_argument("--target", help="class to explain, by name or index (default: each image's predicted class)")
-    p.set_defaults(func=cmd_explain)
+    p.set_defaults(func=run)

@@ -71,7 +71,7 @@ def run_group(parent: str | Path, members: list[tuple[str, object]], *, kind: st
     Raises:
         ValueError: ``parent`` holds a group made with another config or other members.
     """
-    from medlens.engine.train import resume, train
+    from medlens.workflows.training import resume, train
 
     if kind not in ("cv", "seeds"):
         raise ValueError(f"group kind must be 'cv' or 'seeds'; got {kind!r}")

@@ -1,11 +1,11 @@
-"""``medlens report`` (standard library only at import)."""
+"""``medlens report``: one self-contained HTML report of a run or a group of runs."""
 
 from __future__ import annotations
 
 import argparse
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from medlens.report.html import build_report
 
     path = build_report(args.run, out=args.out, gallery=args.gallery, split=args.split, explain=not args.no_explain,
@@ -14,9 +14,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(commands) -> None:
-    """Register ``report`` on the CLI's sub-parsers."""
-    from medlens.cli import non_negative_int
+def add_parser(commands) -> None:
+    from medlens.commands._options import non_negative_int
 
     p = commands.add_parser("report", help="write one self-contained interactive HTML report of a run or cv group")
     p.add_argument("run", metavar="RUN", help="run folder, or a folder made by medlens cv / train --seeds")
@@ -28,4 +27,4 @@ def add_commands(commands) -> None:
     p.add_argument("--no-figures", action="store_true", help="do not write the print PNGs to RUN/figures/")
     p.add_argument("--bootstrap", type=non_negative_int, default=1000,
                    help="bootstrap resamples of the CIs (default 1000; 0 = none)")
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=run)

@@ -108,7 +108,7 @@ def test_train_seeds_reports_mean_and_std(medmnist_root, tmp_path, capsys):
 
 def test_a_group_record_from_before_a_new_config_field_still_matches():
     from medlens.engine.config import build_config
-    from medlens.evaluate.multirun import _normalised
+    from medlens.workflows.groups import _normalised
 
     cfg = build_config({"data": {"spec": "breastmnist"}, "model": {"name": "cnn_small"}})
     record = {"kind": "seeds", "members": {"seed0": cfg.to_dict()}}
