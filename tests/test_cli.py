@@ -481,3 +481,15 @@ def test_error_damaged_npz_is_one_line(capsys, tmp_path):
     path.write_bytes(bytes(data))
     code, _, err = run_cli(capsys, "preview", f"npz:{path}", "--out", tmp_path / "x.png")
     assert str(path) in assert_one_error_line(code, err)
+
+
+def test_medlens_debug_shows_the_traceback_behind_the_one_line_error(capsys, monkeypatch):
+    """A user error is one line; with MEDLENS_DEBUG=1 the traceback comes first (an internal bug shows itself)."""
+    assert main(["datasets", "zzz*"]) == 1
+    plain = capsys.readouterr().err
+    assert plain.startswith("medlens: error: no dataset matches") and "Traceback" not in plain
+    monkeypatch.setenv("MEDLENS_DEBUG", "1")
+    assert main(["datasets", "zzz*"]) == 1
+    debug = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in debug and "commands/datasets.py" in debug
+    assert debug.rstrip().splitlines()[-1].startswith("medlens: error: no dataset matches")

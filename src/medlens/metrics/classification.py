@@ -264,7 +264,7 @@ def predicted_labels(y_score, *, task: Task, threshold: float = 0.5) -> np.ndarr
     Example:
         >>> predicted_labels(np.array([[.5, .5], [.2, .8]]), task=Task.BINARY).tolist()
         [0, 1]
-        >>> predicted_labels(np.array([[.5, .4]]), task=Task.MULTILABEL).tolist()
+        >>> predicted_labels(np.array([[.6, .5]]), task=Task.MULTILABEL).tolist()  # strict: 0.5 is absent
         [[1, 0]]
     """
     task = _as_task(task)

@@ -12,7 +12,7 @@ Example:
     >>> import torch
     >>> from medlens.models import create_model, list_models
     >>> list_models(spatial_dims=3)
-    ['densenet121', 'resnet18', 'resnet50', 'resnet_compact']
+    ['densenet121', 'ensemble', 'resnet18', 'resnet50', 'resnet_compact']
     >>> model = create_model("resnet_compact", in_channels=3, num_classes=5, input_size=28)
     >>> model(torch.zeros(2, 3, 28, 28)).shape
     torch.Size([2, 5])
