@@ -8,3 +8,19 @@ def single_line(exc: BaseException) -> str:
     text = str(exc)
     assert text and "\n" not in text, f"message should be one non-empty line: {text!r}"
     return text
+
+
+# Every file of a finished single run folder (see the run-folder layout).
+RUN_FILES = ["config.yaml", "splits.json", "history.csv", "train.log", "metrics.json",
+             "checkpoints/best.safetensors", "checkpoints/best.json", "checkpoints/last.safetensors",
+             "checkpoints/last.json", "checkpoints/resume.safetensors", "checkpoints/resume.json"]
+
+
+def quick_config(**sections):
+    """A RunConfig for short test runs: 2 epochs of cnn_small, no MLflow, no progress bar (sections override)."""
+    from medlens.engine.config import build_config
+
+    sections.setdefault("train", {})
+    sections["train"] = {"epochs": 2, "tracking_uri": "none", "progress": False, **sections["train"]}
+    sections.setdefault("model", {"name": "cnn_small"})
+    return build_config(sections)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import single_line
+from helpers import RUN_FILES, quick_config, single_line
 from medlens.cli import main
 from medlens.engine.checkpoint import load_card, load_model
 from medlens.engine.config import build_config, load_run_config
@@ -23,17 +23,7 @@ from medlens.engine.tracking import HISTORY_COLUMNS, read_history
 from medlens.engine.train import resume, train
 
 REPO = Path(__file__).resolve().parents[2]
-RUN_FILES = ["config.yaml", "splits.json", "history.csv", "train.log", "metrics.json",
-             "checkpoints/best.safetensors", "checkpoints/best.json", "checkpoints/last.safetensors",
-             "checkpoints/last.json", "checkpoints/resume.safetensors", "checkpoints/resume.json"]
 TIMING = ("seconds", "images_per_second")
-
-
-def _config(**sections):
-    sections.setdefault("train", {})
-    sections["train"] = {"epochs": 2, "tracking_uri": "none", "progress": False, **sections["train"]}
-    sections.setdefault("model", {"name": "cnn_small"})
-    return build_config(sections)
 
 
 def _history_without_timing(run: Path) -> list[dict]:
@@ -51,7 +41,7 @@ def _cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
 @pytest.mark.integration
 def test_breastmnist_run_writes_every_file(medmnist_root, tmp_path):
     run = tmp_path / "runs" / "breast"
-    cfg = _config(data={"spec": "breastmnist", "root": str(medmnist_root), "class_weights": "balanced"},
+    cfg = quick_config(data={"spec": "breastmnist", "root": str(medmnist_root), "class_weights": "balanced"},
                   augment={"hflip": 0.5, "rotate": 10, "noise": 0.02},
                   train={"epochs": 3, "tracking_uri": None})  # the default: SQLite beside the runs
     result = train(cfg, run)
@@ -93,7 +83,7 @@ def test_medical_mnist_zip_run(shared_data, tmp_path):
     if not archive.is_file():
         archive = next(shared_data.rglob("*.zip"))
     run = tmp_path / "medical"
-    cfg = _config(data={"spec": f"folder:{archive}", "size": 28, "batch_size": 256}, train={"epochs": 1})
+    cfg = quick_config(data={"spec": f"folder:{archive}", "size": 28, "batch_size": 256}, train={"epochs": 1})
     result = train(cfg, run)
     for name in RUN_FILES:
         assert (run / name).is_file(), name
@@ -105,7 +95,7 @@ def test_medical_mnist_zip_run(shared_data, tmp_path):
 @pytest.mark.integration
 def test_same_seed_same_history(medmnist_root, tmp_path):
     def run(name: str, seed: int) -> Path:
-        cfg = _config(data={"spec": "breastmnist", "root": str(medmnist_root), "oversample": True},
+        cfg = quick_config(data={"spec": "breastmnist", "root": str(medmnist_root), "oversample": True},
                       augment={"hflip": 0.5, "rotate": 15, "zoom": 0.1, "noise": 0.05, "mixup": 0.2},
                       train={"seed": seed})
         train(cfg, tmp_path / name)
@@ -121,7 +111,7 @@ def test_same_seed_same_history(medmnist_root, tmp_path):
 @pytest.mark.integration
 def test_correct_priors_shifts_only_the_saved_classifier_bias(medmnist_root, tmp_path):
     def run(name: str, **data) -> Path:
-        cfg = _config(data={"spec": "breastmnist", "root": str(medmnist_root), "class_weights": "balanced", **data},
+        cfg = quick_config(data={"spec": "breastmnist", "root": str(medmnist_root), "class_weights": "balanced", **data},
                       train={"seed": 7})
         train(cfg, tmp_path / name)
         return tmp_path / name
@@ -157,7 +147,7 @@ def test_correct_priors_doubles_the_shift_when_weights_and_oversampling_both_bal
     from medlens.engine.train import model_and_loss
 
     def shift(**data):
-        cfg = _config(data={"spec": "breastmnist", "root": str(medmnist_root), "correct_priors": True, **data})
+        cfg = quick_config(data={"spec": "breastmnist", "root": str(medmnist_root), "correct_priors": True, **data})
         return model_and_loss(cfg, resolve_data(cfg.data))[4]
 
     prior = torch.tensor([147 / 546, 399 / 546]).log()
@@ -225,7 +215,7 @@ def test_ddp_two_cpu_processes_match_one(medmnist_root, tmp_path):
 
 @pytest.mark.integration
 def test_pretrain_aucm_pesg_and_3d(medmnist_root, tmp_path):
-    cfg = _config(data={"spec": "breastmnist", "root": str(medmnist_root)},
+    cfg = quick_config(data={"spec": "breastmnist", "root": str(medmnist_root)},
                   model={"name": "resnet_compact", "pretrain": "autoencoder", "pretrain_epochs": 2},
                   optim={"loss": "aucm", "optimizer": "pesg", "lr": 0.05, "schedule": "multistep"})
     result = train(cfg, tmp_path / "aucm")
@@ -233,7 +223,7 @@ def test_pretrain_aucm_pesg_and_3d(medmnist_root, tmp_path):
     assert len(rows) == 3  # header + two pre-training epochs
     assert math.isfinite(result.metrics["test"]["auc"])
 
-    cfg3d = _config(data={"spec": "adrenalmnist3d", "root": str(medmnist_root), "batch_size": 32},
+    cfg3d = quick_config(data={"spec": "adrenalmnist3d", "root": str(medmnist_root), "batch_size": 32},
                     model={"name": "resnet_compact", "kwargs": {"width": 8}},
                     augment={"hflip": 0.5, "rotate": 10}, train={"epochs": 1})
     result = train(cfg3d, tmp_path / "three_d")
@@ -243,7 +233,7 @@ def test_pretrain_aucm_pesg_and_3d(medmnist_root, tmp_path):
 
 @pytest.mark.integration
 def test_early_stopping_ends_a_stalled_run(medmnist_root, tmp_path):
-    cfg = _config(data={"spec": "breastmnist", "root": str(medmnist_root), "oversample": True},
+    cfg = quick_config(data={"spec": "breastmnist", "root": str(medmnist_root), "oversample": True},
                   optim={"lr": 1e-12}, train={"epochs": 10, "early_stop": 2, "monitor": "val_loss"})
     result = train(cfg, tmp_path / "stalled")
     # Weights barely move, so the validation loss never improves after epoch 0: stop after 2 more.
@@ -300,7 +290,7 @@ def test_resume_before_the_first_epoch_ended_starts_again(medmnist_root, tmp_pat
 
     run = tmp_path / "run"
     run.mkdir()
-    config = _config(data={"spec": "breastmnist", "root": str(medmnist_root)}, train={"epochs": 1})
+    config = quick_config(data={"spec": "breastmnist", "root": str(medmnist_root)}, train={"epochs": 1})
     write_yaml(config, run / "config.yaml")  # what a run killed during its first epoch leaves
     result = resume(run)
     assert result.metrics["epochs_run"] == 1 and (run / "checkpoints" / "best.safetensors").is_file()
@@ -314,7 +304,7 @@ def test_precision_and_compile_are_passed_through(medmnist_root, tmp_path, preci
 
         if not (shutil.which("cc") or shutil.which("gcc")):
             pytest.skip("torch.compile needs a C compiler")
-    cfg = _config(data={"spec": "breastmnist", "root": str(medmnist_root)},
+    cfg = quick_config(data={"spec": "breastmnist", "root": str(medmnist_root)},
                   model={"name": "cnn_small", "compile": compile_}, train={"epochs": 1, "precision": precision})
     result = train(cfg, tmp_path / "run")
     assert math.isfinite(result.metrics["test"]["auc"])

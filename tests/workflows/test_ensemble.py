@@ -7,22 +7,12 @@ import json
 import pytest
 import torch
 
-from helpers import single_line
+from helpers import RUN_FILES, quick_config, single_line
 from medlens.cli import main
 from medlens.engine.checkpoint import load_card, load_model
-from medlens.engine.config import build_config, load_run_config
+from medlens.engine.config import load_run_config
 from medlens.workflows import resume, train
 
-RUN_FILES = ["config.yaml", "splits.json", "history.csv", "train.log", "metrics.json",
-             "checkpoints/best.safetensors", "checkpoints/best.json", "checkpoints/last.safetensors",
-             "checkpoints/last.json", "checkpoints/resume.safetensors", "checkpoints/resume.json"]
-
-
-def _config(**sections):
-    sections.setdefault("train", {})
-    sections["train"] = {"epochs": 2, "tracking_uri": "none", "progress": False, **sections["train"]}
-    sections.setdefault("model", {"name": "cnn_small"})
-    return build_config(sections)
 
 
 @pytest.mark.integration
@@ -32,7 +22,7 @@ def test_ensemble_members_resume_and_average(medmnist_root, tmp_path):
     from medlens.inference.predict import predict
 
     run = tmp_path / "ens"
-    cfg = _config(data={"spec": "breastmnist", "root": str(medmnist_root)}, train={"epochs": 2, "members": 2})
+    cfg = quick_config(data={"spec": "breastmnist", "root": str(medmnist_root)}, train={"epochs": 2, "members": 2})
     result = train(cfg, run)
     for name in ("config.yaml", "splits.json", "train.log", "metrics.json", "checkpoints/best.safetensors"):
         assert (run / name).is_file(), name
@@ -89,7 +79,7 @@ def test_ensemble_members_resume_and_average(medmnist_root, tmp_path):
 @pytest.mark.integration
 def test_ensemble_stops_adding_members_the_time_left_would_starve(medmnist_root, tmp_path):
     run = tmp_path / "ens"
-    cfg = _config(data={"spec": "breastmnist", "root": str(medmnist_root)},
+    cfg = quick_config(data={"spec": "breastmnist", "root": str(medmnist_root)},
                   train={"epochs": 1, "members": 2, "max_seconds": 600})
     train(cfg, run)
     # As if member 0 had used more than the whole limit and the run then stopped: member 1 would
@@ -111,7 +101,7 @@ def test_ensemble_stops_adding_members_the_time_left_would_starve(medmnist_root,
 def test_ensemble_bad_option_leaves_nothing_and_ensemble_is_not_trained_directly(medmnist_root, tmp_path, capsys):
     run = tmp_path / "bad"
     with pytest.raises(ValueError, match="has no option bogus"):
-        train(_config(data={"spec": "breastmnist", "root": str(medmnist_root)},
+        train(quick_config(data={"spec": "breastmnist", "root": str(medmnist_root)},
                       model={"name": "cnn_small", "kwargs": {"bogus": 1}}, train={"members": 2}), run)
     assert not run.exists()
     code = main(["train", "breastmnist", "--root", str(medmnist_root), "--model", "ensemble", "--out", str(run),
@@ -131,4 +121,4 @@ def test_seeds_of_ensembles_report(medmnist_root, tmp_path, capsys):
 
 def test_ensemble_refuses_ddp():
     with pytest.raises(ValueError, match="train.members 2 trains its members one after another"):
-        _config(data={"spec": "breastmnist"}, train={"members": 2, "strategy": "ddp", "devices": 2})
+        quick_config(data={"spec": "breastmnist"}, train={"members": 2, "strategy": "ddp", "devices": 2})
