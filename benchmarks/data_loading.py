@@ -477,7 +477,8 @@ def bench_big(tmp_root: Path, gb: float, repeats: int, in_ram: bool) -> dict:
         if in_ram:
             avail = mem_available()
             if avail < 1.5 * array + (2 << 30):
-                out["in_ram"] = {"skipped": f"MemAvailable {avail / 1e9:.1f} GB too small for a {array / 1e9:.1f} GB array"}
+                out["in_ram"] = {"skipped": f"MemAvailable {avail / 1e9:.1f} GB too small for a "
+                                            f"{array / 1e9:.1f} GB array"}
             else:
                 env = dict(os.environ, MEDLENS_CACHE=str(work / "cache-ram"))
                 r = _run_child(["--child", "iterate", "--child-path", str(path), "--child-mode", "ram",
@@ -562,7 +563,8 @@ def table_rows(results: dict) -> list[dict]:
         if not e or "error" in e:
             continue
         reps = len(e["batchloader"]["images_per_s"]["runs"])
-        for key, label in (("batchloader", "medlens `BatchLoader`"), ("torch_dataloader", "torch `DataLoader(SplitDataset)`")):
+        for key, label in (("batchloader", "medlens `BatchLoader`"),
+                           ("torch_dataloader", "torch `DataLoader(SplitDataset)`")):
             ips = e[key]["images_per_s"]["median"]
             target = f"≫ {TARGET_MEDMNIST_IPS:,} img/s" if key == "batchloader" else "reference"
             ok = ips > TARGET_MEDMNIST_IPS if key == "batchloader" else None
@@ -592,11 +594,13 @@ def table_rows(results: dict) -> list[dict]:
         ram = big.get("in_ram", {})
         if "peak_RssAnon_bytes" in ram:
             add("… contrast: in-RAM path (threshold raised), peak RssAnon",
-                f"{fmt_bytes(ram['peak_RssAnon_bytes'])} (+ {fmt_bytes(ram['peak_RssAnon_above_baseline_bytes'])} for the data)")
+                f"{fmt_bytes(ram['peak_RssAnon_bytes'])} "
+                f"(+ {fmt_bytes(ram['peak_RssAnon_above_baseline_bytes'])} for the data)")
             add("… contrast: in-RAM path, load / epoch",
                 f"{ram['load_s']:.1f} s / {fmt_ips(ram['epoch_images_per_s'])}")
     elif big:
-        add("Synthetic multi-GB npz", f"skipped: {big['skipped']}" if "skipped" in big else f"ERROR: {big.get('error')}")
+        add("Synthetic multi-GB npz",
+            f"skipped: {big['skipped']}" if "skipped" in big else f"ERROR: {big.get('error')}")
     cli = results.get("cli", {})
     for key in ("help", "datasets"):
         if key in cli:
@@ -638,13 +642,16 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="fast smoke run: fewer repeats, a 1 GB synthetic file")
     p.add_argument("--skip-big", action="store_true", help="skip the multi-GB synthetic .npz part")
     p.add_argument("--big-gb", type=float, default=None, help="size of the synthetic train images in GB (default 3)")
-    p.add_argument("--big-repeats", type=int, default=None, help="child runs over the synthetic file (default 3; 1 with --quick)")
+    p.add_argument("--big-repeats", type=int, default=None,
+                   help="child runs over the synthetic file (default 3; 1 with --quick)")
     p.add_argument("--no-in-ram", action="store_true", help="skip the in-RAM contrast run on the synthetic file")
-    p.add_argument("--cli-runs", type=int, default=None, help="timed runs of each CLI command (default 10; 3 with --quick)")
+    p.add_argument("--cli-runs", type=int, default=None,
+                   help="timed runs of each CLI command (default 10; 3 with --quick)")
     p.add_argument("--min-images", type=int, default=None,
                    help="images per timed MedMNIST repeat; small splits run several epochs (default 200000)")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of sections to run ({','.join(SECTIONS)})")
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=f"shared data folder (default {DEFAULT_DATA_DIR})")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                   help=f"shared data folder (default {DEFAULT_DATA_DIR})")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON result file (default benchmarks/results/data_loading-<date>[-quick].json)")
     # internal: child processes of the multi-GB part
@@ -684,9 +691,11 @@ def main(argv: list[str] | None = None) -> int:
     tmp_root = Path(tempfile.mkdtemp(prefix="medlens-bench-"))
     os.environ["MEDLENS_CACHE"] = str(tmp_root / "cache")
     record: dict = {
-        "benchmark": "data_loading", "date": started.date().isoformat(), "started": started.isoformat(timespec="seconds"),
-        "command": shlex.join([os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else sys.executable,
-                               os.path.relpath(Path(__file__).resolve(), REPO), *(argv if argv is not None else sys.argv[1:])]),
+        "benchmark": "data_loading", "date": started.date().isoformat(),
+        "started": started.isoformat(timespec="seconds"),
+        "command": shlex.join([
+            os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else sys.executable,
+            os.path.relpath(Path(__file__).resolve(), REPO), *(argv if argv is not None else sys.argv[1:])]),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("child")},
         "data_dir": str(data_dir), "machine": machine_info(), "git": git_info(), "results": {},
     }

@@ -367,7 +367,7 @@ class Reference:
     def warm_up(self, batch: int) -> None:
         import torch
 
-        images, labels = zip(*(self.dataset[i] for i in range(batch)))
+        images, labels = zip(*(self.dataset[i] for i in range(batch)), strict=True)
         train_step(self.model, self.optimizer, torch.stack(images), torch.tensor(labels))
 
 
@@ -450,8 +450,8 @@ def bench_config(name: str, spatial_dims: int, size: int, args, work: Path) -> d
         print(f"    round {round_index + 1}: {line} img/s", file=sys.stderr, flush=True)
 
     ips = {way: [r["images_per_s"] for r in runs[way]] for way in WAYS}
-    vs_bare = [m / b for m, b in zip(ips["medlens"], ips["bare"])]
-    vs_reference = [m / r for m, r in zip(ips["medlens"], ips["reference"])]
+    vs_bare = [m / b for m, b in zip(ips["medlens"], ips["bare"], strict=True)]
+    vs_reference = [m / r for m, r in zip(ips["medlens"], ips["reference"], strict=True)]
     costs = {
         "model_step_ms_per_image": 1000 / statistics.median(ips["bare"]),
         "medlens_prepare_ms_per_image": prepare_ms_per_image(images, spatial_dims, batch, repeats=args.prepare_repeats),
@@ -557,13 +557,17 @@ def parse_args(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 1 round, short measurements, cnn_small and resnet_compact at 2d28 and 3d28")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per configuration (default 5; 1 with --quick)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved rounds per configuration (default 5; 1 with --quick)")
     p.add_argument("--target-seconds", type=float, default=None,
                    help="length of one bare measurement, sets the steps (default 2.0; 0.3 with --quick)")
-    p.add_argument("--max-steps", type=int, default=None, help="upper bound on steps per measurement (default 20; 3 with --quick)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="upper bound on steps per measurement (default 20; 3 with --quick)")
     p.add_argument("--models", default=None, help="comma list of models (default: all registered)")
-    p.add_argument("--configs", default=None, help=f"comma list of {','.join(CONFIGS)} (default: all; 2d28,3d28 with --quick)")
-    p.add_argument("--batch-size", type=int, default=None, help="one batch size for every configuration (default: per model)")
+    p.add_argument("--configs", default=None,
+                   help=f"comma list of {','.join(CONFIGS)} (default: all; 2d28,3d28 with --quick)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="one batch size for every configuration (default: per model)")
     p.add_argument("--medlens-path", choices=("lightning", "manual"), default="lightning",
                    help="lightning: medlens.engine.train.train (default); manual: BatchLoader -> prepare -> step")
     p.add_argument("--prepare-repeats", type=int, default=20, help="timed prepare() calls per configuration")
@@ -579,7 +583,8 @@ def parse_args(argv):
     args.transform_samples = args.transform_samples or (16 if q else 64)
     if args.rounds < 1 or args.max_steps < 1 or args.target_seconds <= 0:
         p.error("--rounds and --max-steps must be >= 1 and --target-seconds > 0")
-    args.configs = [c.strip() for c in (args.configs or ("2d28,3d28" if q else ",".join(CONFIGS))).split(",") if c.strip()]
+    configs = args.configs or ("2d28,3d28" if q else ",".join(CONFIGS))
+    args.configs = [c.strip() for c in configs.split(",") if c.strip()]
     unknown = sorted(set(args.configs) - set(CONFIGS))
     if unknown:
         p.error(f"unknown config(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
@@ -605,9 +610,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="medlens-train-speed-"))
     os.environ["MEDLENS_CACHE"] = str(work / "cache")
     record: dict = {
-        "benchmark": "train_speed", "date": started.date().isoformat(), "started": started.isoformat(timespec="seconds"),
-        "command": shlex.join([os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else sys.executable,
-                               os.path.relpath(Path(__file__).resolve(), REPO), *(argv if argv is not None else sys.argv[1:])]),
+        "benchmark": "train_speed", "date": started.date().isoformat(),
+        "started": started.isoformat(timespec="seconds"),
+        "command": shlex.join([
+            os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else sys.executable,
+            os.path.relpath(Path(__file__).resolve(), REPO), *(argv if argv is not None else sys.argv[1:])]),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "targets": {"medlens_vs_bare": TARGET_VS_BARE, "medlens_vs_reference": TARGET_VS_REFERENCE},
         "augment": {"preset": AUGMENT_PRESET, "config": dataclasses.asdict(AugmentConfig.preset(AUGMENT_PRESET))},

@@ -202,7 +202,8 @@ def test_preview_breastmnist(capsys, real_root, tmp_path):
     assert "2 classes" in out and "binary" in out
     lines = out.splitlines()
     assert [line.split()[-4:] for line in lines if line.startswith("0: malignant")] == [["147", "21", "42", "210"]]
-    assert [line.split()[-4:] for line in lines if line.startswith("1: normal, benign")] == [["399", "57", "114", "570"]]
+    counts = [line.split()[-4:] for line in lines if line.startswith("1: normal, benign")]
+    assert counts == [["399", "57", "114", "570"]]
     assert [line.split()[-4:] for line in lines if line.startswith("total")] == [["546", "78", "156", "780"]]
     assert f"montage written to {out_png}" in out
 

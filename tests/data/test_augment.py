@@ -216,7 +216,7 @@ def test_flips_are_drawn_per_sample():
     out = BatchAugment(AugmentConfig(hflip=0.5))(images, seeded(0))
     flipped = [torch.equal(sample, image[0].flip(-1)) for sample in out]
     unchanged = [torch.equal(sample, image[0]) for sample in out]
-    assert all(f != u for f, u in zip(flipped, unchanged))  # each sample is one or the other
+    assert all(f != u for f, u in zip(flipped, unchanged, strict=True))  # each sample is one or the other
     assert 16 <= sum(flipped) <= 48  # Binomial(64, 0.5): 32 +- 4 std
 
 

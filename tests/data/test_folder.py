@@ -467,7 +467,7 @@ def test_resolve_flat_folder_other_ratios(tmp_path, cache):
     source = resolve(f"folder:{root}@16", seed=0, ratios="0.7/0.15/0.15")
     assert source.ratios == pytest.approx((0.7, 0.15, 0.15))
     _check_source_partition(source, 60)
-    for name, r in zip(SPLIT_NAMES, (0.7, 0.15, 0.15)):
+    for name, r in zip(SPLIT_NAMES, (0.7, 0.15, 0.15), strict=True):
         got = source.splits[name].class_counts(2)
         assert abs(got[0] - r * 40) <= 1.5 and abs(got[1] - r * 20) <= 1.5, (name, got)
 
@@ -477,7 +477,7 @@ def test_resolve_labels_match_folders(tmp_path, cache):
     _make_classes(root, {"cat": 10, "dog": 10})
     source = resolve(f"folder:{root}@16")
     for split in source.splits.values():
-        for image_id, label in zip(split.ids, split.labels):
+        for image_id, label in zip(split.ids, split.labels, strict=True):
             assert str(image_id).split("/")[0] == ("cat", "dog")[label]
 
 
@@ -785,7 +785,7 @@ def test_medical_mnist_counts_and_classes(medical_mnist):
     totals = sum(source.class_counts().values())
     assert totals.tolist() == [10000, 8954, 10000, 10000, 10000, 10000]
     # roughly 0.8 / 0.1 / 0.1 of every class
-    for name, r in zip(SPLIT_NAMES, (0.8, 0.1, 0.1)):
+    for name, r in zip(SPLIT_NAMES, (0.8, 0.1, 0.1), strict=True):
         counts = source.class_counts()[name]
         assert np.all(np.abs(counts - r * totals) <= 0.01 * totals + 25), (name, counts)
 

@@ -111,7 +111,7 @@ def test_shuffle_changes_order_per_epoch_and_is_seeded():
     c = BatchLoader(split, batch_size=8, shuffle=True, seed=12345)
     a_epochs = [epoch_rows(a) for _ in range(3)]
     b_epochs = [epoch_rows(b) for _ in range(3)]
-    for x, y in zip(a_epochs, b_epochs):
+    for x, y in zip(a_epochs, b_epochs, strict=True):
         np.testing.assert_array_equal(x, y)  # same seed: same orders, epoch by epoch
     assert not np.array_equal(a_epochs[0], a_epochs[1])
     assert not np.array_equal(a_epochs[1], a_epochs[2])
@@ -146,7 +146,8 @@ def test_weights_oversample_the_weighted_class():
     assert len(drawn) == 20 * n  # N draws per epoch
     share = (drawn == 1).mean()
     assert 0.40 < share < 0.60, share  # unweighted it would be 0.10
-    plain = np.concatenate([lab.numpy() for _ in range(20) for _, lab in BatchLoader(split, batch_size=32, shuffle=True)])
+    plain = np.concatenate([lab.numpy() for _ in range(20)
+                            for _, lab in BatchLoader(split, batch_size=32, shuffle=True)])
     assert (plain == 1).mean() == pytest.approx(0.10)
 
 

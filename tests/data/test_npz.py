@@ -544,7 +544,7 @@ def test_damaged_archive_is_a_value_error(tmp_path, at, mmap_threshold):
 def test_failed_mmap_streaming_leaves_no_temporary_file(tmp_path):
     path = write_npz(tmp_path / "big.npz", make_arrays("gray", edge=64))
     damaged = _damage_first_member(path, at="middle")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):
         load_npz_arrays(damaged, mmap_threshold=0)
     assert list((cache_root() / "npz").glob("*/*.tmp*")) == []
 

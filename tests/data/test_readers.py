@@ -264,7 +264,7 @@ def test_dicom_rescale_then_window():
     arr = _ramp_dicom_array()  # stored 0..990 -> rescaled -100..1880
     out = dicom_to_uint8(_dicom_bytes(arr, RescaleSlope=2, RescaleIntercept=-100,
                                       WindowCenter=900, WindowWidth=1000))
-    by_value = dict(zip(arr.reshape(-1).tolist(), out.reshape(-1).astype(int).tolist()))
+    by_value = dict(zip(arr.reshape(-1).tolist(), out.reshape(-1).astype(int).tolist(), strict=True))
     assert by_value[250] <= 1  # rescaled 400 = window bottom
     assert by_value[200] == 0
     assert abs(by_value[500] - 128) <= 2  # rescaled 900 = centre

@@ -214,7 +214,8 @@ def test_entry_files(name):
         assert remote is info.files[size]
         expected = f"{name}.npz" if size == 28 else f"{name}_{size}.npz"
         assert remote.filename == expected
-        assert re.fullmatch(r"https://zenodo\.org/records/\d+/files/" + re.escape(expected) + r"\?download=1", remote.url)
+        pattern = r"https://zenodo\.org/records/\d+/files/" + re.escape(expected) + r"\?download=1"
+        assert re.fullmatch(pattern, remote.url)
         assert re.fullmatch(r"[0-9a-f]{32}", remote.md5)
     md5s = [info.files[s].md5 for s in info.sizes]
     assert len(set(md5s)) == len(md5s)
@@ -313,7 +314,7 @@ def test_known_class_counts(resolved_sources, name, split):
     counts = source.class_counts()[split]
     assert dict(enumerate(counts.tolist())) == expected
     labels = source.splits[split].labels
-    assert {int(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True))} == expected
+    assert {int(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True), strict=True)} == expected
 
 
 @pytest.mark.integration

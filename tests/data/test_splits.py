@@ -93,7 +93,7 @@ def test_stratify_key_single_label_is_identity():
 
 def _same_partition(key: np.ndarray, expected: list) -> bool:
     """``key`` groups rows exactly as ``expected`` does (values may differ)."""
-    pairs = set(zip(key.tolist(), expected))
+    pairs = set(zip(key.tolist(), expected, strict=True))
     return len(pairs) == len(set(key.tolist())) == len(set(expected))
 
 
@@ -138,7 +138,7 @@ def test_stratified_split_partition_and_per_class_proportions(ratios):
     labels = _labels()
     parts = stratified_split(labels, ratios=ratios, seed=0)
     _check_partition(parts, len(labels))
-    r = dict(zip(SPLIT_NAMES, parse_ratios(ratios)))
+    r = dict(zip(SPLIT_NAMES, parse_ratios(ratios), strict=True))
     for cls, total in enumerate(np.bincount(labels)):
         for name in SPLIT_NAMES:
             got = int((labels[parts[name]] == cls).sum())
@@ -328,10 +328,10 @@ def test_kfold_seeded():
     a = kfold_indices(labels, n_splits=4, seed=1)
     b = kfold_indices(labels, n_splits=4, seed=1)
     c = kfold_indices(labels, n_splits=4, seed=2)
-    for (ta, va), (tb, vb) in zip(a, b):
+    for (ta, va), (tb, vb) in zip(a, b, strict=True):
         np.testing.assert_array_equal(va, vb)
         np.testing.assert_array_equal(ta, tb)
-    assert any(not np.array_equal(va, vc) for (_, va), (_, vc) in zip(a, c))
+    assert any(not np.array_equal(va, vc) for (_, va), (_, vc) in zip(a, c, strict=True))
 
 
 def test_kfold_keeps_groups_in_one_fold():

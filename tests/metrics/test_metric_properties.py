@@ -269,7 +269,7 @@ def test_evaluation_does_not_depend_on_the_sample_order(case):
     first = _numbers(REPORTS["evaluate_scores"](y_true, y_score, case))
     second = _numbers(REPORTS["evaluate_scores"](y_true[order], y_score[order], case))
     assert len(first) == len(second)
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         if isinstance(a, float):
             assert b == pytest.approx(a, abs=1e-12, nan_ok=True)
         else:

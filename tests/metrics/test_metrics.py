@@ -325,7 +325,7 @@ def test_per_class_report_multiclass_by_hand(task):
     # class 1: TP 2, FP 1, FN 0, TN 3          -> P 2/3, R 1,   spec 3/4, F1 4/(4+1)   = 4/5
     # class 2: TP 1, FP 0, FN 1, TN 4          -> P 1,   R 1/2, spec 1,   F1 2/(2+1)   = 2/3
     expected = [("a", 1 / 2, 1 / 2, 3 / 4, 1 / 2), ("b", 2 / 3, 1.0, 3 / 4, 4 / 5), ("c", 1.0, 1 / 2, 1.0, 2 / 3)]
-    for row, (name, precision, recall, specificity, f1) in zip(report["classes"], expected):
+    for row, (name, precision, recall, specificity, f1) in zip(report["classes"], expected, strict=True):
         assert row["name"] == name and row["support"] == 2
         assert (row["precision"], row["recall"], row["specificity"], row["f1"]) == pytest.approx(
             (precision, recall, specificity, f1), abs=1e-9)
@@ -593,7 +593,7 @@ def test_resampled_metrics_equal_the_metric_on_the_resampled_data(task):
     counts[0] = 1.0  # the full data once
     resampled = metrics_module._resampled_values(y_true.astype(np.int64), y_score, task, BOOTSTRAP_METRICS, counts)
     for name, metric in PUBLIC_BOOTSTRAP.items():
-        for row, value in zip(counts.astype(np.int64), resampled[name]):
+        for row, value in zip(counts.astype(np.int64), resampled[name], strict=True):
             drawn = np.repeat(np.arange(30), row)
             expected = metric(y_true[drawn], y_score[drawn], task=task)
             assert value == pytest.approx(expected, abs=1e-12, nan_ok=True), (name, row)

@@ -120,7 +120,7 @@ def test_gradcam_layer_gives_the_feature_map_and_its_gradient(name: str, dims: i
     # least 4 px per side, its last convolution before the ReLU), with a gradient of its shape.
     activation = captured["activation"]
     assert activation.ndim == features.ndim and activation.shape[0] == features.shape[0]
-    assert all(a >= f for a, f in zip(activation.shape[2:], features.shape[2:]))
+    assert all(a >= f for a, f in zip(activation.shape[2:], features.shape[2:], strict=True))
     if name.startswith("resnet"):  # ResNets pick their stage by size; the CNNs and DenseNet use their last
         assert min(activation.shape[2:]) >= 4 or model.gradcam_layer.startswith("layer1")
     assert captured["gradient"].shape == activation.shape

@@ -107,7 +107,8 @@ def test_ensemble_bad_option_leaves_nothing_and_ensemble_is_not_trained_directly
     code = main(["train", "breastmnist", "--root", str(medmnist_root), "--model", "ensemble", "--out", str(run),
                  "--tracking-uri", "none", "--no-progress"])
     assert code != 0 and not run.exists()
-    assert single_line(capsys.readouterr().err.strip()).startswith("medlens: error: model 'ensemble' is assembled from trained")
+    message = single_line(capsys.readouterr().err.strip())
+    assert message.startswith("medlens: error: model 'ensemble' is assembled from trained")
 
 
 @pytest.mark.integration

@@ -33,7 +33,8 @@ def add_parser(commands) -> None:
     p = commands.add_parser("bench", help="the auto recipe on each dataset within a budget, beside the published "
                                           "MedMNIST v2 table (resumable)")
     p.add_argument("--datasets", nargs="+", default=list(DEFAULT_DATASETS),
-                   help=f"MedMNIST names, medical-mnist, covid19 or folder:PATH specs (default: {' '.join(DEFAULT_DATASETS)})")
+                   help="MedMNIST names, medical-mnist, covid19 or folder:PATH specs "
+                        f"(default: {' '.join(DEFAULT_DATASETS)})")
     p.add_argument("--budget", default="5m", help="budget of each 2D run, e.g. 5m (default 5m)")
     p.add_argument("--budget-3d", default="10m", help="budget of each 3D run (default 10m)")
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds per dataset (default 3)")

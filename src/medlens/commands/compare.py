@@ -30,5 +30,3 @@ def add_parser(commands) -> None:
                    help="bootstrap resamples for runs not yet evaluated (default 1000)")
     p.add_argument("--out", help="also write the comparison as JSON here")
     p.set_defaults(func=run)
-
-    from medlens.workflows.bench import DEFAULT_DATASETS

@@ -20,7 +20,8 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds > 1:
         raise ValueError("medlens cv repeats with --repeats N (new folds and seeds each time), not --seeds")
     if not args.data or not args.out:
-        raise ValueError("medlens cv needs DATA and --out PARENT_FOLDER (e.g. medlens cv breastmnist --folds 5 --out runs/cv)")
+        raise ValueError("medlens cv needs DATA and --out PARENT_FOLDER "
+                         "(e.g. medlens cv breastmnist --folds 5 --out runs/cv)")
     config, _ = train_config(args)
     summary = run_group(args.out, cv_members(config, folds=args.folds, repeats=args.repeats), kind="cv", say=_say)
     print(format_summary(summary))

@@ -39,6 +39,7 @@ def add_parser(commands) -> None:
     p.add_argument("--per-class", type=positive_int, default=8, help="samples per class row (default 8)")
     p.add_argument("--split", default="train", choices=("train", "val", "test"), help="split to sample (default train)")
     p.add_argument("--view", default="mid", choices=("mid", "mip"), help="3D: middle slice or max-intensity projection")
-    p.add_argument("--imbalance-ratio", type=float, default=2.0, help="warn when largest/smallest training class count exceeds this ratio (default 2)")
+    p.add_argument("--imbalance-ratio", type=float, default=2.0,
+                   help="warn when largest/smallest training class count exceeds this ratio (default 2)")
     add_data_options(p)
     p.set_defaults(func=run)

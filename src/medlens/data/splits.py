@@ -67,10 +67,11 @@ def stratify_key(labels: np.ndarray, *, min_count: int = 2) -> np.ndarray:
 
 def _check_stratifiable(key: np.ndarray, need: int, what: str, class_names: Sequence[str] | None = None) -> None:
     values, counts = np.unique(key, return_counts=True)
-    small = [(v, c) for v, c in zip(values, counts) if c < need]
+    small = [(v, c) for v, c in zip(values, counts, strict=True) if c < need]
     if small:
         def name(v: int) -> str:
-            return f"class {class_names[v]!r}" if class_names is not None and 0 <= v < len(class_names) else f"class {v}"
+            known = class_names is not None and 0 <= v < len(class_names)
+            return f"class {class_names[v]!r}" if known else f"class {v}"
 
         listed = ", ".join(f"{name(int(v))} has {c}" for v, c in small[:5])
         raise ValueError(f"{what} needs at least {need} images per class; {listed}")
@@ -174,7 +175,8 @@ def carve_validation(
     key = stratify_key(np.asarray(labels)[reps])
     _check_stratifiable(key, 2, "carving a stratified validation split from train", class_names)
     n_val = max(1, round(len(reps) * fraction))
-    _check_room(key, min(n_val, len(reps) - n_val), f"carving {fraction:.3g} of {len(reps)} training images", f"gives {len(reps) - n_val} training and {n_val} validation images")
+    _check_room(key, min(n_val, len(reps) - n_val), f"carving {fraction:.3g} of {len(reps)} training images",
+                f"gives {len(reps) - n_val} training and {n_val} validation images")
     train, val = train_test_split(reps, test_size=n_val, stratify=key, random_state=seed)
     return _expand(train, train_index, groups), _expand(val, train_index, groups)
 

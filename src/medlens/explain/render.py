@@ -14,7 +14,8 @@ def overlay_png(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45, 
     """PNG of an image with its heatmap blended on top in a jet colour map.
 
     Args:
-        image: uint8 ``(C, H, W)`` or ``(C, D, H, W)`` (C = 1 or 3), as :meth:`~medlens.serve.predictor.Predictor.prepare`
+        image: uint8 ``(C, H, W)`` or ``(C, D, H, W)`` (C = 1 or 3), as
+            :meth:`~medlens.serve.predictor.Predictor.prepare`
             returns; 3D shows the middle slice along depth.
         heatmap: float ``(H, W)`` or ``(D, H, W)`` in [0, 1] (values outside are clipped).
         alpha: weight of the colour map in the blend, in [0, 1]. Default 0.45.

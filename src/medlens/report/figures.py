@@ -129,7 +129,7 @@ def write_pngs(folder: str | Path, history: list[dict], metrics: dict | None) ->
     if history:
         fig = Figure(figsize=(10, 2.6))
         epochs = [row["epoch"] for row in history]
-        for ax, (key, title) in zip(fig.subplots(1, 4), [*CURVES, ("lr", "Learning rate")]):
+        for ax, (key, title) in zip(fig.subplots(1, 4), [*CURVES, ("lr", "Learning rate")], strict=True):
             if key == "lr":
                 ax.plot(epochs, [row["lr"] for row in history])
                 ax.set_yscale("log")
