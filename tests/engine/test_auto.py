@@ -201,3 +201,162 @@ def test_an_image_folder_drops_to_28_px_when_64_does_not_fit(tmp_path):
     # A size the user chose is kept, fitting or not.
     fixed = auto_overrides({"spec": f"folder:{tmp_path}", "size": 64}, "10s", say=said.append)
     assert "size" not in fixed.overrides["data"]
+
+
+# The composed plan, pinned: plan_auto's output for five varied profiles, captured from the planner
+# before it was split into one function per rule. Together they reach every branch of every rule:
+# each loss and balancing, the three augmentation presets, both batch sizes, a ladder probed to its
+# top, one stopped early and one stopped at its first rung, members chosen (several or one) and given.
+AUGMENT_STANDARD = {"hflip": 0.5, "vflip": 0.0, "rotate": 10.0, "shift": 0.05, "zoom": 0.1, "noise": 0.0,
+                    "brightness": 0.1, "contrast": 0.1, "mixup": 0.0}
+AUGMENT_LIGHT = {"hflip": 0.5, "vflip": 0.0, "rotate": 5.0, "shift": 0.03, "zoom": 0.05, "noise": 0.0,
+                 "brightness": 0.0, "contrast": 0.0, "mixup": 0.0}
+AUGMENT_NONE = {"hflip": 0.0, "vflip": 0.0, "rotate": 0.0, "shift": 0.0, "zoom": 0.0, "noise": 0.0,
+                "brightness": 0.0, "contrast": 0.0, "mixup": 0.0}
+
+
+def _optim(loss: str, warmup: int) -> dict:
+    return {"loss": loss, "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.0001, "schedule": "cosine",
+            "warmup_epochs": warmup}
+
+
+LADDER_2D_PROBED = [("cnn_small", 4000.0), ("resnet_compact(width=16)", 2000.0), ("resnet_compact(width=24)", 1000.0),
+                    ("resnet_compact(width=32)", 500.0)]
+
+PINNED_PLANS = [
+    pytest.param(
+        DatasetProfile(n_train=500, n_eval=200, size=28, channels=1, spatial_dims=2, n_classes=2, task=Task.BINARY,
+                       imbalance=1.0), 300, 0.0, None,
+        [(label, 64) for label, _ in LADDER_2D_PROBED],
+        {"overrides": {"data": {"class_weights": "none", "correct_priors": False, "batch_size": 64},
+                       "model": {"name": "resnet_compact", "kwargs": {"width": 32}},
+                       "augment": AUGMENT_STANDARD,
+                       "optim": _optim("ce", 2),
+                       "train": {"epochs": 55, "max_seconds": 240.0, "monitor": "val_auc", "members": 4}},
+         "reasons": ["loss ce: a binary task",
+                     ("augmentation standard: 500 training images (standard below 2,000, light below 20,000, none "
+                      "above)"),
+                     "batch 64: under 5,000 training images",
+                     ("model resnet_compact(width=32): the largest candidate that trains the 100 epochs 500 images "
+                      "need in 240 s at the measured 500 img/s"),
+                     ("members 4: the 240 s of training buy 240 epochs of this model, room for 4 members of 50 epochs "
+                      "each (twice the 100 this data needs, capped at 50) plus 5 s set-up each; an ensemble (max 5) "
+                      "averages their probabilities"),
+                     ("epochs 55 per member: 55 s of training at 500 img/s (cap 100); AdamW 3e-3, cosine with 2 "
+                      "warm-up epochs; hard stop after 240 s in all")],
+         "budget_s": 300, "estimate_s": 235.5, "throughput": dict(LADDER_2D_PROBED), "fits": True},
+        id="small-binary-ensemble"),
+    pytest.param(
+        DatasetProfile(n_train=8000, n_eval=3000, size=64, channels=3, spatial_dims=2, n_classes=5,
+                       task=Task.MULTICLASS, imbalance=3.25), 120, 7.5, None,
+        [(label, 128) for label, _ in LADDER_2D_PROBED],
+        {"overrides": {"data": {"class_weights": "balanced", "correct_priors": True, "batch_size": 128},
+                       "model": {"name": "resnet_compact", "kwargs": {"width": 24}},
+                       "augment": AUGMENT_LIGHT,
+                       "optim": _optim("ce", 2),
+                       "train": {"epochs": 14, "max_seconds": 90.0, "monitor": "val_auc", "members": 1}},
+         "reasons": ["loss ce: a multiclass task",
+                     ("class weights balanced: the largest class has 3.2x the images of the smallest (> 1.5); then "
+                      "prior correction: the saved model's logits get the log training priors back, so its argmax is "
+                      "the accuracy-optimal decision for data drawn like the training split"),
+                     ("augmentation light: 8,000 training images (standard below 2,000, light below 20,000, none "
+                      "above)"),
+                     "batch 128: at least 5,000 training images",
+                     ("model resnet_compact(width=24): the largest candidate that trains the 8 epochs 8,000 images "
+                      "need in 90 s at the measured 1,250 img/s"),
+                     ("members 1: the 90 s of training buy 14 epochs of this model, less than two members of 16 epochs "
+                      "(twice the 8 this data needs, capped at 50) plus 5 s set-up each: one model gets them all"),
+                     ("epochs 14: 90 s of training at 1,250 img/s (cap 100); AdamW 3e-3, cosine with 2 warm-up epochs; "
+                      "hard stop after 90 s in all")],
+         "budget_s": 120, "estimate_s": 97.9,
+         "throughput": {label: rate * 1.25 for label, rate in LADDER_2D_PROBED}, "fits": True},
+        id="skewed-multiclass-light"),
+    pytest.param(
+        DatasetProfile(n_train=200_000, n_eval=40_000, size=28, channels=1, spatial_dims=2, n_classes=14,
+                       task=Task.MULTILABEL, imbalance=1.0), 30, 2.0, None,
+        [("cnn_small", 128)],
+        {"overrides": {"data": {"class_weights": "none", "correct_priors": False, "batch_size": 128},
+                       "model": {"name": "cnn_small", "kwargs": {}},
+                       "augment": AUGMENT_NONE,
+                       "optim": _optim("bce", 0),
+                       "train": {"epochs": 1, "max_seconds": 22.4, "monitor": "val_auc", "members": 1}},
+         "reasons": ["loss bce: a multi-label task (one sigmoid per label)",
+                     ("augmentation none: 200,000 training images (standard below 2,000, light below 20,000, none "
+                      "above)"),
+                     "batch 128: at least 5,000 training images",
+                     ("model cnn_small: the cheapest candidate; even it affords only 1 of the 8 epochs this data needs "
+                      "in 22 s"),
+                     ("members 1: the 22 s of training buy 1 epochs of this model, less than two members of 16 epochs "
+                      "(twice the 8 this data needs, capped at 50) plus 5 s set-up each: one model gets them all"),
+                     ("epochs 1: 22 s of training at 5,000 img/s (cap 100); AdamW 3e-3, cosine with 0 warm-up epochs; "
+                      "hard stop after 22 s in all")],
+         "budget_s": 30, "estimate_s": 44.7, "throughput": {"cnn_small": 5000.0}, "fits": False},
+        id="starved-multilabel"),
+    pytest.param(
+        DatasetProfile(n_train=1200, n_eval=400, size=28, channels=1, spatial_dims=3, n_classes=2, task=Task.BINARY,
+                       imbalance=2.4), 600, 12.0, 3,
+        [("resnet_compact(width=8, stem=standard)", 64), ("resnet_compact(width=16, stem=standard)", 64),
+         ("resnet_compact(width=24, stem=standard)", 64)],
+        {"overrides": {"data": {"class_weights": "balanced", "correct_priors": True, "batch_size": 64},
+                       "model": {"name": "resnet_compact", "kwargs": {"width": 24, "stem": "standard"}},
+                       "augment": AUGMENT_STANDARD,
+                       "optim": _optim("ce", 2),
+                       "train": {"epochs": 100, "max_seconds": 470.4, "monitor": "val_auc", "members": 3}},
+         "reasons": ["loss ce: a binary task",
+                     ("class weights balanced: the largest class has 2.4x the images of the smallest (> 1.5); then "
+                      "prior correction: the saved model's logits get the log training priors back, so its argmax is "
+                      "the accuracy-optimal decision for data drawn like the training split"),
+                     ("augmentation standard: 1,200 training images (standard below 2,000, light below 20,000, none "
+                      "above)"),
+                     "batch 64: under 5,000 training images",
+                     ("model resnet_compact(width=24, stem=standard): the largest candidate that trains the 50 epochs "
+                      "1,200 images need in 152 s at the measured 1,000 img/s"),
+                     ("members 3: as asked (--members, or one model for a multi-device run); the budget is shared "
+                      "among them"),
+                     ("epochs 100 per member: 152 s of training at 1,000 img/s (cap 100); AdamW 3e-3, cosine with 2 "
+                      "warm-up epochs; hard stop after 470 s in all")],
+         "budget_s": 600, "estimate_s": 382.4,
+         "throughput": {"resnet_compact(width=8, stem=standard)": 4000.0,
+                        "resnet_compact(width=16, stem=standard)": 2000.0,
+                        "resnet_compact(width=24, stem=standard)": 1000.0},
+         "fits": True},
+        id="volume-members-given"),
+    pytest.param(
+        DatasetProfile(n_train=1080, n_eval=600, size=28, channels=3, spatial_dims=2, n_classes=5, task=Task.ORDINAL,
+                       imbalance=1.4), 200, 3.0, 1,
+        [(label, 64) for label, _ in LADDER_2D_PROBED],
+        {"overrides": {"data": {"class_weights": "none", "correct_priors": False, "batch_size": 64},
+                       "model": {"name": "resnet_compact", "kwargs": {"width": 32}},
+                       "augment": AUGMENT_STANDARD,
+                       "optim": _optim("ce", 2),
+                       "train": {"epochs": 72, "max_seconds": 157.6, "monitor": "val_auc", "members": 1}},
+         "reasons": ["loss ce: a ordinal task",
+                     ("augmentation standard: 1,080 training images (standard below 2,000, light below 20,000, none "
+                      "above)"),
+                     "batch 64: under 5,000 training images",
+                     ("model resnet_compact(width=32): the largest candidate that trains the 56 epochs 1,080 images "
+                      "need in 158 s at the measured 500 img/s"),
+                     ("members 1: as asked (--members, or one model for a multi-device run); the budget is shared "
+                      "among them"),
+                     ("epochs 72: 158 s of training at 500 img/s (cap 100); AdamW 3e-3, cosine with 2 warm-up epochs; "
+                      "hard stop after 158 s in all")],
+         "budget_s": 200, "estimate_s": 158.9, "throughput": dict(LADDER_2D_PROBED), "fits": True},
+        id="ordinal-one-model-asked"),
+]
+
+
+@pytest.mark.parametrize("profile, budget_s, spent_s, members, probes, expected", PINNED_PLANS)
+def test_the_composed_plan_is_the_pinned_one(profile, budget_s, spent_s, members, probes, expected):
+    import json
+
+    probed = []
+
+    def speed(name, kwargs, batch):  # the stand-in machine, a quarter faster at batch 128
+        probed.append((candidate_label(name, kwargs), batch))
+        return SPEEDS[candidate_label(name, kwargs)] * (1.25 if batch == 128 else 1.0)
+
+    plan = plan_auto(profile, budget_s, speed, spent_s=spent_s, members=members)
+    assert probed == probes  # cheapest first, and not past the first rung that no longer fits
+    assert plan.to_dict() == expected
+    # auto.json is written from to_dict(): its key order (and so the file) stays the same too.
+    assert json.dumps(plan.to_dict()) == json.dumps(expected)
