@@ -2,37 +2,41 @@
 
 The rules read only the dataset's properties (training images, image size, channels, 2D/3D,
 classes, task, imbalance) and a throughput probe of a few real training steps on this machine;
-there is no per-dataset constant. What they decide, and why, is written to ``auto.json`` in the
-run folder and printed:
+there is no per-dataset constant. Each rule is a ``choose_*`` function that returns its choice
+and the reason for it; :func:`plan_auto` composes them. What they decide, and why, is written to
+``auto.json`` in the run folder and printed:
 
-* loss: BCE for multi-label tasks, else cross-entropy; balanced class weights when the largest
-  training class has more than 1.5x the images of the smallest, and then prior correction
-  (``data.correct_priors``): the saved model's logits get the log training priors added back, so
+* loss (:func:`choose_loss`): BCE for multi-label tasks, else cross-entropy; balanced class
+  weights (:func:`choose_class_weights`) when the largest training class has more than 1.5x the
+  images of the smallest, and then prior correction (:func:`choose_prior_correction`,
+  ``data.correct_priors``): the saved model's logits get the log training priors added back, so
   its probabilities are calibrated and its argmax is the accuracy-optimal decision for data
   drawn like the training split (the official test splits are), while training itself stays
   balanced. Without it the weighted models of the 2026-12-01 bench predicted minority classes
   too often: adding the priors afterwards raised validation ACC in 7 of their 9 runs
   (benchmarks/prior_shift.py; test ACC +.09 AdrenalMNIST3D, +.05 RetinaMNIST, -.04 BreastMNIST);
-* augmentation: stronger the fewer training images there are (``standard`` below 2,000,
-  ``light`` below 20,000, none above), because small sets overfit first;
-* batch size 64 below 5,000 training images (more steps per epoch), else 128;
-* model: the largest of a ladder of CPU-friendly candidates (2D: the two-conv CNN, then the
-  compact ResNet at widths 16, 24 and 32; 3D: the compact ResNet at widths 8, 16, 24) that,
-  trained alone, still gets the epochs the data needs in the budget (``EPOCH_IMAGES`` / training
-  images, between 8 and 100 epochs: small sets need many passes, large ones few; with
-  ``--members K`` given, in a K-th of it);
-* members: when the budget trains the chosen model for at least two members' worth of epochs
-  (a member gets twice the epochs the data needs, at most 50, plus a few seconds of set-up),
-  it trains that many members of an ensemble (up to 5, each with its own seed; their
-  probabilities are averaged) rather than more epochs of one model: in the 100-epoch runs of
-  the 2026-11-22 and 2026-12-01 benches, 28 of the 36 best validation epochs of the four
+* augmentation (:func:`choose_augmentation`): stronger the fewer training images there are
+  (``standard`` below 2,000, ``light`` below 20,000, none above), because small sets overfit first;
+* batch size (:func:`choose_batch_size`): 64 below 5,000 training images (more steps per epoch),
+  else 128;
+* model (:func:`choose_model`): the largest of a ladder of CPU-friendly candidates (2D: the
+  two-conv CNN, then the compact ResNet at widths 16, 24 and 32; 3D: the compact ResNet at widths
+  8, 16, 24) that, trained alone, still gets the epochs the data needs in the budget
+  (``EPOCH_IMAGES`` / training images, between 8 and 100 epochs: small sets need many passes,
+  large ones few; with ``--members K`` given, in a K-th of it);
+* members (:func:`choose_members`): when the budget trains the chosen model for at least two
+  members' worth of epochs (a member gets twice the epochs the data needs, at most 50, plus a few
+  seconds of set-up), it trains that many members of an ensemble (up to 5, each with its own
+  seed; their probabilities are averaged) rather than more epochs of one model: in the 100-epoch
+  runs of the 2026-11-22 and 2026-12-01 benches, 28 of the 36 best validation epochs of the four
   datasets under 2,000 images came before epoch 50 (RetinaMNIST and COVID-19 at 3-21), so
   epochs past 50 buy less than another member (so members of a small set may train fewer
   epochs than one model alone would);
-* epochs: what the chosen model affords in the budget per member, capped at 100; AdamW 3e-3
-  with a cosine schedule and a short warm-up (the ``fast`` recipe's optimiser);
-* a hard stop (``train.max_seconds``) at the training share of the budget, so a slow machine
-  or a wrong estimate costs epochs, never the budget.
+* epochs (:func:`choose_epochs`): what the chosen model affords in the budget per member, capped
+  at 100; AdamW 3e-3 with a cosine schedule and a short warm-up (the ``fast`` recipe's optimiser,
+  :func:`choose_optimizer`);
+* a hard stop (:func:`choose_hard_stop`, ``train.max_seconds``) at the training share of the
+  budget, so a slow machine or a wrong estimate costs epochs, never the budget.
 
 The budget covers everything the run does: the probe, data loading, training, and the final
 evaluation on val and test.
@@ -181,9 +185,288 @@ def needed_epochs(n_train: int) -> int:
     return int(min(MAX_EPOCHS, max(MIN_EPOCHS, round(EPOCH_IMAGES / max(n_train, 1)))))
 
 
+def choose_loss(profile: DatasetProfile) -> tuple[str, str]:
+    """The loss rule: BCE for a multi-label task, else cross-entropy.
+
+    Args:
+        profile: the dataset's properties; only ``task`` is read.
+
+    Returns:
+        ``(loss, reason)``: ``"bce"`` or ``"ce"`` (the ``optim.loss`` override) and why.
+
+    Example:
+        >>> choose_loss(DatasetProfile(500, 200, 28, 1, 2, 2, Task.BINARY, 1.0))
+        ('ce', 'loss ce: a binary task')
+    """
+    if profile.task.is_multilabel:
+        return "bce", "loss bce: a multi-label task (one sigmoid per label)"
+    return "ce", f"loss ce: a {profile.task.value} task"
+
+
+def choose_class_weights(profile: DatasetProfile) -> tuple[str, str | None]:
+    """The class-weight rule: balanced when the largest class has over ``IMBALANCE_WEIGHTS``x the smallest's images.
+
+    Multi-label tasks are never weighted.
+
+    Args:
+        profile: the dataset's properties; ``task`` and ``imbalance`` are read.
+
+    Returns:
+        ``(class_weights, reason)``: ``"balanced"`` and why, or ``"none"`` and None (a plan
+        does not mention balancing it does not do).
+
+    Example:
+        >>> choose_class_weights(DatasetProfile(500, 200, 28, 1, 2, 2, Task.BINARY, 3.0))[0]
+        'balanced'
+    """
+    if not profile.task.is_multilabel and profile.imbalance > IMBALANCE_WEIGHTS:
+        return "balanced", (f"class weights balanced: the largest class has {profile.imbalance:.1f}x the images of "
+                            f"the smallest (> {IMBALANCE_WEIGHTS})")
+    return "none", None
+
+
+def choose_prior_correction(class_weights: str) -> tuple[bool, str | None]:
+    """The prior-correction rule: after balanced training, add the training priors back.
+
+    Args:
+        class_weights: what :func:`choose_class_weights` chose (``"balanced"`` or ``"none"``).
+
+    Returns:
+        ``(correct_priors, reason)``: True and why when the classes are trained balanced, else
+        ``(False, None)``. The reason continues the class-weight reason (it starts with "then").
+
+    Example:
+        >>> choose_prior_correction("none")
+        (False, None)
+    """
+    if class_weights == "balanced":
+        return True, ("then prior correction: the saved model's logits get the log training priors back, so its "
+                      "argmax is the accuracy-optimal decision for data drawn like the training split")
+    return False, None
+
+
+def choose_augmentation(profile: DatasetProfile) -> tuple[str, str]:
+    """The augmentation rule: the fewer training images, the stronger the preset.
+
+    Args:
+        profile: the dataset's properties; only ``n_train`` is read.
+
+    Returns:
+        ``(preset, reason)``: a name for :meth:`~medlens.data.augment.AugmentConfig.preset`
+        (``"standard"`` below ``SMALL_DATA`` images, ``"light"`` below ``MEDIUM_DATA``, else
+        ``"none"``) and why.
+
+    Example:
+        >>> choose_augmentation(DatasetProfile(8000, 2000, 28, 1, 2, 2, Task.BINARY, 1.0))[0]
+        'light'
+    """
+    preset = "standard" if profile.n_train < SMALL_DATA else "light" if profile.n_train < MEDIUM_DATA else "none"
+    return preset, (f"augmentation {preset}: {profile.n_train:,} training images "
+                    f"(standard below {SMALL_DATA:,}, light below {MEDIUM_DATA:,}, none above)")
+
+
+def choose_batch_size(profile: DatasetProfile) -> tuple[int, str]:
+    """The batch-size rule: 64 below ``BIG_BATCH_DATA`` training images (more steps per epoch), else 128.
+
+    Args:
+        profile: the dataset's properties; only ``n_train`` is read.
+
+    Returns:
+        ``(batch_size, reason)``.
+
+    Example:
+        >>> choose_batch_size(DatasetProfile(500, 200, 28, 1, 2, 2, Task.BINARY, 1.0))
+        (64, 'batch 64: under 5,000 training images')
+    """
+    batch = 64 if profile.n_train < BIG_BATCH_DATA else 128
+    return batch, f"batch {batch}: {'under' if batch == 64 else 'at least'} {BIG_BATCH_DATA:,} training images"
+
+
+def choose_hard_stop(budget_s: float, spent_s: float = 0.0) -> tuple[float, str]:
+    """The hard-stop rule: training gets ``TRAIN_SHARE`` of the budget left after ``spent_s``.
+
+    Args:
+        budget_s: the whole run's budget in seconds.
+        spent_s: seconds already spent (the probe); at least 1 s of budget is taken to be left.
+
+    Returns:
+        ``(train_s, reason)``: the training seconds of all members together, unrounded (every
+        other rule divides them; ``train.max_seconds`` rounds them to 0.1 s), and the reason's
+        wording, which ends the epochs reason.
+
+    Example:
+        >>> choose_hard_stop(300, 20)
+        (224.0, 'hard stop after 224 s in all')
+    """
+    train_s = max(budget_s - spent_s, 1.0) * TRAIN_SHARE
+    return train_s, f"hard stop after {train_s:.0f} s in all"
+
+
+def member_seconds(train_s: float, members: int) -> float:
+    """Training seconds of each of ``members`` ensemble members.
+
+    Args:
+        train_s: training seconds of the whole run (:func:`choose_hard_stop`).
+        members: the ensemble size, 1 or more.
+
+    Returns:
+        All of ``train_s`` for one model; for several, an equal share less the
+        ``MEMBER_OVERHEAD_S`` each member spends on set-up, scoring and saving (may be negative
+        when the budget is that short).
+    """
+    return train_s if members == 1 else train_s / members - MEMBER_OVERHEAD_S
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The ladder rung :func:`choose_model` chose.
+
+    Attributes:
+        name: the model's registry name.
+        kwargs: its :func:`~medlens.models.create_model` keyword arguments.
+        label: :func:`candidate_label` of the two.
+        rate: its measured training images per second.
+        epochs: epochs its training time buys (unrounded); at least the needed epochs when it fits.
+        fits: whether it gets the epochs the data needs (:func:`needed_epochs`).
+        throughput: img/s of every rung probed, by label, rounded to 0.1 (``auto.json``'s throughput).
+    """
+
+    name: str
+    kwargs: dict
+    label: str
+    rate: float
+    epochs: float
+    fits: bool
+    throughput: dict[str, float]
+
+
+def choose_model(profile: DatasetProfile, throughput: Callable[[str, dict, int], float], *, batch_size: int,
+                 train_s: float, members: int | None = None) -> tuple[ModelChoice, str]:
+    """The model rule: the largest rung of the ladder whose training time buys the epochs the data needs.
+
+    The ladder is ``LADDER_3D`` for volumes, else ``LADDER_2D``. The model's training time is all
+    of ``train_s`` when the rules choose the members (they are bought with what is left over),
+    and each member's share when the user fixed them.
+
+    Args:
+        profile: the dataset's properties.
+        throughput: ``(model name, kwargs, batch size) -> training images/s``; called cheapest
+            rung first, and not past the first rung that no longer fits.
+        batch_size: the batch the rungs are probed at (:func:`choose_batch_size`).
+        train_s: training seconds of the whole run (:func:`choose_hard_stop`).
+        members: the user's ensemble size, or None when the rules choose it.
+
+    Returns:
+        ``(choice, reason)``: the cheapest rung when none fits, and the reason says so.
+
+    Example:
+        >>> profile = DatasetProfile(500, 200, 28, 1, 2, 2, Task.BINARY, 1.0)
+        >>> choose_model(profile, lambda name, kwargs, batch: 1000.0, batch_size=64, train_s=100)[0].label
+        'resnet_compact(width=32)'
+    """
+    need = needed_epochs(profile.n_train)
+    ladder = LADDER_3D if profile.spatial_dims == 3 else LADDER_2D
+    model_s = train_s if members is None or members == 1 else max(member_seconds(train_s, members), 1.0)
+    measured: dict[str, float] = {}
+    chosen = None
+    for name, kwargs in ladder:
+        rate = throughput(name, kwargs, batch_size)
+        label = candidate_label(name, kwargs)
+        measured[label] = round(rate, 1)
+        affordable = model_s * rate / profile.n_train
+        if chosen is None or affordable >= need:
+            chosen = name, kwargs, label, rate
+        if affordable < need:
+            break
+    name, kwargs, label, rate = chosen
+    epochs = model_s * rate / profile.n_train
+    choice = ModelChoice(name=name, kwargs=dict(kwargs), label=label, rate=rate, epochs=epochs, fits=epochs >= need,
+                         throughput=measured)
+    if choice.fits:
+        return choice, (f"model {label}: the largest candidate that trains the {need} epochs "
+                        f"{profile.n_train:,} images need in {model_s:.0f} s at the measured {rate:,.0f} img/s")
+    return choice, (f"model {label}: the cheapest candidate; even it affords only {epochs:.0f} of the {need} "
+                    f"epochs this data needs in {model_s:.0f} s")
+
+
+def choose_members(profile: DatasetProfile, train_s: float, rate: float, *,
+                   members: int | None = None) -> tuple[int, str]:
+    """The members rule: as many members of twice the needed epochs (at most 50) as the time buys, up to 5.
+
+    Args:
+        profile: the dataset's properties; only ``n_train`` is read.
+        train_s: training seconds of the whole run (:func:`choose_hard_stop`).
+        rate: the chosen model's training images per second (:attr:`ModelChoice.rate`).
+        members: the user's ensemble size (``--members``, or 1 for a multi-device run); kept as given.
+
+    Returns:
+        ``(members, reason)``: between 1 and ``MAX_MEMBERS`` when the rule chooses.
+
+    Example:
+        >>> choose_members(DatasetProfile(500, 200, 28, 1, 2, 2, Task.BINARY, 1.0), 240.0, 500.0)[0]
+        4
+    """
+    if members is not None:
+        return members, (f"members {members}: as asked (--members, or one model for a multi-device run); the budget "
+                         f"is shared among them")
+    need = needed_epochs(profile.n_train)
+    full = train_s * rate / profile.n_train  # epochs of the model alone
+    member_epochs = min(MEMBER_MAX_EPOCHS, 2 * need)
+    member_s = member_epochs * profile.n_train / rate + MEMBER_OVERHEAD_S
+    count = int(min(MAX_MEMBERS, max(1, math.floor(train_s / member_s))))
+    if count > 1:
+        return count, (f"members {count}: the {train_s:.0f} s of training buy {full:.0f} epochs of this model, "
+                       f"room for {count} members of {member_epochs} epochs each (twice the {need} this data "
+                       f"needs, capped at {MEMBER_MAX_EPOCHS}) plus {MEMBER_OVERHEAD_S:.0f} s set-up each; an "
+                       f"ensemble (max {MAX_MEMBERS}) averages their probabilities")
+    return 1, (f"members 1: the {train_s:.0f} s of training buy {full:.0f} epochs of this model, less than "
+               f"two members of {member_epochs} epochs (twice the {need} this data needs, capped at "
+               f"{MEMBER_MAX_EPOCHS}) plus {MEMBER_OVERHEAD_S:.0f} s set-up each: one model gets them all")
+
+
+def choose_epochs(profile: DatasetProfile, train_s: float, rate: float, members: int) -> tuple[int, str]:
+    """The epochs rule: what each member's share of the training time affords, between 1 and ``MAX_EPOCHS``.
+
+    Args:
+        profile: the dataset's properties; only ``n_train`` is read.
+        train_s: training seconds of the whole run (:func:`choose_hard_stop`).
+        rate: the chosen model's training images per second.
+        members: the ensemble size (:func:`choose_members`).
+
+    Returns:
+        ``(epochs, reason)``: epochs of each member and why.
+
+    Example:
+        >>> choose_epochs(DatasetProfile(500, 200, 28, 1, 2, 2, Task.BINARY, 1.0), 240.0, 500.0, 4)
+        (55, 'epochs 55 per member: 55 s of training at 500 img/s (cap 100)')
+    """
+    per_member_s = member_seconds(train_s, members)
+    epochs = int(max(1, min(MAX_EPOCHS, math.floor(per_member_s * rate / profile.n_train))))
+    return epochs, (f"epochs {epochs}{' per member' if members > 1 else ''}: {per_member_s:.0f} s of training at "
+                    f"{rate:,.0f} img/s (cap {MAX_EPOCHS})")
+
+
+def choose_optimizer(epochs: int) -> tuple[dict, str]:
+    """The optimiser: the ``fast`` recipe's AdamW 3e-3 with a cosine schedule, warmed up for 2 of 10+ epochs.
+
+    Args:
+        epochs: each member's epochs (:func:`choose_epochs`); under 10 get no warm-up.
+
+    Returns:
+        ``(optim overrides, reason)``; the reason continues the epochs reason.
+
+    Example:
+        >>> choose_optimizer(55)[1]
+        'AdamW 3e-3, cosine with 2 warm-up epochs'
+    """
+    warmup = 2 if epochs >= 10 else 0
+    return ({"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "schedule": "cosine", "warmup_epochs": warmup},
+            f"AdamW 3e-3, cosine with {warmup} warm-up epochs")
+
+
 def plan_auto(profile: DatasetProfile, budget_s: float, throughput: Callable[[str, dict, int], float], *,
               spent_s: float = 0.0, members: int | None = None) -> AutoPlan:
-    """Apply the rules (module docstring) to a dataset and a budget.
+    """Apply the rules (module docstring, one ``choose_*`` function each) to a dataset and a budget.
 
     Args:
         profile: the dataset's properties.
@@ -198,95 +481,35 @@ def plan_auto(profile: DatasetProfile, budget_s: float, throughput: Callable[[st
     Returns:
         :class:`AutoPlan` whose ``overrides`` go into :func:`~medlens.engine.config.build_config`.
     """
-    reasons = []
-    o: dict = {"data": {}, "model": {}, "augment": {}, "optim": {}, "train": {}}
-    task = profile.task
-    if task.is_multilabel:
-        o["optim"]["loss"] = "bce"
-        reasons.append("loss bce: a multi-label task (one sigmoid per label)")
-    else:
-        o["optim"]["loss"] = "ce"
-        reasons.append(f"loss ce: a {task.value} task")
-    if not task.is_multilabel and profile.imbalance > IMBALANCE_WEIGHTS:
-        o["data"]["class_weights"] = "balanced"
-        o["data"]["correct_priors"] = True
-        reasons.append(f"class weights balanced: the largest class has {profile.imbalance:.1f}x the images of the "
-                       f"smallest (> {IMBALANCE_WEIGHTS}); then prior correction: the saved model's logits get the "
-                       f"log training priors back, so its argmax is the accuracy-optimal decision for data drawn "
-                       f"like the training split")
-    else:
-        o["data"]["class_weights"] = "none"
-        o["data"]["correct_priors"] = False
-    from medlens.data.augment import AugmentConfig
+    from medlens.data.augment import AugmentConfig  # imports torch: not at module import
 
-    preset = "standard" if profile.n_train < SMALL_DATA else "light" if profile.n_train < MEDIUM_DATA else "none"
-    o["augment"] = asdict(AugmentConfig.preset(preset))
-    reasons.append(f"augmentation {preset}: {profile.n_train:,} training images "
-                   f"(standard below {SMALL_DATA:,}, light below {MEDIUM_DATA:,}, none above)")
-    batch = 64 if profile.n_train < BIG_BATCH_DATA else 128
-    o["data"]["batch_size"] = batch
-    reasons.append(f"batch {batch}: {'under' if batch == 64 else 'at least'} {BIG_BATCH_DATA:,} training images")
-
-    need = needed_epochs(profile.n_train)
-    left = max(budget_s - spent_s, 1.0)
-    train_s = left * TRAIN_SHARE
-    ladder = LADDER_3D if profile.spatial_dims == 3 else LADDER_2D
-
-    def share(k: int) -> float:
-        """Training seconds of each of ``k`` members (one model: all of it)."""
-        return train_s if k == 1 else train_s / k - MEMBER_OVERHEAD_S
-
-    # The time one model gets: all of it when the rules choose the members (they are bought with
-    # what is left over), its share when the user fixed them.
-    model_s = train_s if members is None or members == 1 else max(share(members), 1.0)
-    measured: dict[str, float] = {}
-    chosen, chosen_rate = None, None
-    for name, kwargs in ladder:
-        rate = throughput(name, kwargs, batch)
-        label = candidate_label(name, kwargs)
-        measured[label] = round(rate, 1)
-        affordable = model_s * rate / profile.n_train
-        if chosen is None or affordable >= need:
-            chosen, chosen_rate, chosen_label = (name, kwargs), rate, label
-        if affordable < need:
-            break
-    full = model_s * chosen_rate / profile.n_train  # epochs of the chosen model its training time buys
-    member_epochs = min(MEMBER_MAX_EPOCHS, 2 * need)
-    member_s = member_epochs * profile.n_train / chosen_rate + MEMBER_OVERHEAD_S
-    chosen_members = members is None
-    if chosen_members:
-        members = int(min(MAX_MEMBERS, max(1, math.floor(train_s / member_s))))
-    per_member_s = share(members)
-    epochs = int(max(1, min(MAX_EPOCHS, math.floor(per_member_s * chosen_rate / profile.n_train))))
-    o["model"] = {"name": chosen[0], "kwargs": dict(chosen[1])}
-    reasons.append(f"model {chosen_label}: the largest candidate that trains the {need} epochs "
-                   f"{profile.n_train:,} images need in {model_s:.0f} s at the measured {chosen_rate:,.0f} img/s"
-                   if full >= need else
-                   f"model {chosen_label}: the cheapest candidate; even it affords only {full:.0f} of the {need} "
-                   f"epochs this data needs in {model_s:.0f} s")
-    warmup = 2 if epochs >= 10 else 0
-    o["optim"].update({"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "schedule": "cosine",
-                       "warmup_epochs": warmup})
-    o["train"].update({"epochs": epochs, "max_seconds": round(train_s, 1), "monitor": "val_auc", "members": members})
-    if not chosen_members:
-        reasons.append(f"members {members}: as asked (--members, or one model for a multi-device run); the budget is "
-                       f"shared among them")
-    elif members > 1:
-        reasons.append(f"members {members}: the {train_s:.0f} s of training buy {full:.0f} epochs of this model, room "
-                       f"for {members} members of {member_epochs} epochs each (twice the {need} this data needs, "
-                       f"capped at {MEMBER_MAX_EPOCHS}) plus {MEMBER_OVERHEAD_S:.0f} s set-up each; an ensemble (max {MAX_MEMBERS}) "
-                       f"averages their probabilities")
-    else:
-        reasons.append(f"members 1: the {train_s:.0f} s of training buy {full:.0f} epochs of this model, less than "
-                       f"two members of {member_epochs} epochs (twice the {need} this data needs, capped at "
-                       f"{MEMBER_MAX_EPOCHS}) plus {MEMBER_OVERHEAD_S:.0f} s set-up each: one model gets them all")
-    reasons.append(f"epochs {epochs}{' per member' if members > 1 else ''}: {per_member_s:.0f} s of training at "
-                   f"{chosen_rate:,.0f} img/s (cap {MAX_EPOCHS}); AdamW 3e-3, cosine with {warmup} warm-up epochs; "
-                   f"hard stop after {train_s:.0f} s in all")
-    estimate = spent_s + members * (epochs * profile.n_train / chosen_rate + profile.n_eval / (3 * chosen_rate)) \
-        + (members - 1) * MEMBER_OVERHEAD_S
-    return AutoPlan(overrides=o, reasons=reasons, budget_s=budget_s, estimate_s=round(estimate, 1),
-                    throughput=measured, fits=full >= need)
+    loss, loss_reason = choose_loss(profile)
+    class_weights, weights_reason = choose_class_weights(profile)
+    correct_priors, priors_reason = choose_prior_correction(class_weights)
+    preset, augment_reason = choose_augmentation(profile)
+    batch_size, batch_reason = choose_batch_size(profile)
+    train_s, stop_reason = choose_hard_stop(budget_s, spent_s)
+    model, model_reason = choose_model(profile, throughput, batch_size=batch_size, train_s=train_s, members=members)
+    member_count, members_reason = choose_members(profile, train_s, model.rate, members=members)
+    epochs, epochs_reason = choose_epochs(profile, train_s, model.rate, member_count)
+    optim, optim_reason = choose_optimizer(epochs)
+    overrides = {
+        "data": {"class_weights": class_weights, "correct_priors": correct_priors, "batch_size": batch_size},
+        "model": {"name": model.name, "kwargs": dict(model.kwargs)},
+        "augment": asdict(AugmentConfig.preset(preset)),
+        "optim": {"loss": loss, **optim},
+        "train": {"epochs": epochs, "max_seconds": round(train_s, 1), "monitor": "val_auc", "members": member_count},
+    }
+    # One line per decision, as printed and written to auto.json: the prior correction follows
+    # from the class weights, the optimiser's warm-up and the hard stop from the epochs.
+    balancing = "; ".join(reason for reason in (weights_reason, priors_reason) if reason)
+    reasons = [loss_reason, *([balancing] if balancing else []), augment_reason, batch_reason, model_reason,
+               members_reason, f"{epochs_reason}; {optim_reason}; {stop_reason}"]
+    # Each member trains, then scores val + test forward-only (taken as 3x the training rate).
+    estimate = spent_s + member_count * (epochs * profile.n_train / model.rate + profile.n_eval / (3 * model.rate)) \
+        + (member_count - 1) * MEMBER_OVERHEAD_S
+    return AutoPlan(overrides=overrides, reasons=reasons, budget_s=budget_s, estimate_s=round(estimate, 1),
+                    throughput=model.throughput, fits=model.fits)
 
 
 def auto_overrides(data_overrides: dict, budget: str | float, *, say=print, members: int | None = None) -> AutoPlan:

@@ -371,6 +371,269 @@ _PREDICT_OPENAPI = {
 }
 
 
+def _check_settings(*, max_upload_bytes: int, max_files: int, max_pixels: int, api_key: str | None) -> None:
+    """Refuse limits and an API key that the service cannot run with (see :func:`create_app`).
+
+    Raises:
+        ValueError: a limit that is not an integer of at least 1, or an empty ``api_key``.
+    """
+    for name, value in (("max_upload_bytes", max_upload_bytes), ("max_files", max_files), ("max_pixels", max_pixels)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if api_key is not None and not api_key:
+        raise ValueError("api_key must be a non-empty string, or None for no key")
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """What one request may hold; each is checked before the step it protects.
+
+    Attributes:
+        max_upload_bytes: largest request body (all files plus multipart framing).
+        max_files: most files in one request.
+        max_pixels: most pixels (voxels) one image may declare, checked before it is decoded.
+        formats: the file suffixes accepted for the model's 2D or 3D input.
+    """
+
+    max_upload_bytes: int
+    max_files: int
+    max_pixels: int
+    formats: tuple[str, ...]
+
+    def as_dict(self) -> dict:
+        """The limits as ``GET /v1/model`` shows them."""
+        return {"max_upload_bytes": self.max_upload_bytes, "max_files": self.max_files, "max_pixels": self.max_pixels,
+                "formats": list(self.formats)}
+
+
+class _Service:
+    """What the routes share: the predictor and its card's facts, the limits, the model thread, readiness.
+
+    Attributes:
+        predictor: the :class:`~medlens.serve.predictor.Predictor` served.
+        card: its model card.
+        task: the card's :class:`~medlens.data.registry.Task`.
+        class_names: the card's class names, in output order.
+        limits: the request :class:`_Limits`.
+        version: the weights' hash (``predictor.info["version"]``), fixed for the predictor's life.
+        model_thread: the :class:`_ModelThread` every model call runs on.
+        ready: whether the warm-up has finished (``/readyz``).
+        not_ready_reason: why not, while ``ready`` is False.
+    """
+
+    def __init__(self, predictor, *, max_upload_bytes: int, max_files: int, max_pixels: int):
+        card = predictor.card
+        self.predictor = predictor
+        self.card = card
+        self.task = Task(card.task)
+        self.class_names = list(card.class_names)
+        self.limits = _Limits(max_upload_bytes, max_files, max_pixels,
+                              formats=_SUFFIXES_3D if card.spatial_dims == 3 else _SUFFIXES_2D)
+        self.version = predictor.info.get("version")
+        self.model_thread = _ModelThread(predictor)
+        self.ready = False
+        self.not_ready_reason = "warming up: the first decode, prediction and Grad-CAM have not finished"
+
+    def check_formats(self, uploads: list[_Upload]) -> None:
+        """Refuse an upload before it is decoded: empty, a suffix this model does not take, or other content.
+
+        Raises:
+            ApiError: 400 an empty file; 415 a suffix not in ``limits.formats``, or first bytes
+                that do not match the suffix's format.
+        """
+        suffixes = self.limits.formats
+        for upload in uploads:
+            name = upload.filename or ""
+            suffix = file_suffix(name)
+            if not upload.data:
+                raise ApiError(400, f"{name!r} is empty (0 bytes)")
+            if suffix not in suffixes:
+                raise ApiError(415, f"{name!r}: file type {suffix or '(no suffix)'!r} is not accepted by this "
+                                    f"{self.card.spatial_dims}D model; accepted: {', '.join(suffixes)}")
+            if not _looks_like(suffix, upload.data):
+                raise ApiError(415, f"{name!r} does not contain a {suffix} image (its first bytes do not match "
+                                    f"the format); accepted: {', '.join(suffixes)}")
+
+    def prepare_all(self, uploads: list[_Upload]) -> np.ndarray:
+        """Decode and preprocess every upload (blocking: run it off the event loop).
+
+        Returns:
+            uint8 images ``(B, C, *spatial)``, one per upload, in order.
+
+        Raises:
+            ApiError: 422 an image the predictor cannot use (its message names the file).
+        """
+        images = []
+        for upload in uploads:
+            name = upload.filename or ""
+            try:
+                images.append(self.predictor.prepare(bytes(upload.data), name, max_pixels=self.limits.max_pixels))
+            except InputError as exc:  # the input's fault: 422; anything else is a logged 500
+                raise ApiError(422, str(exc)) from None  # the message names the file
+        return np.stack(images)  # (B, C, *spatial)
+
+    async def overlay(self, image: np.ndarray, class_index: int) -> str:
+        """The explain part of a prediction: Grad-CAM of ``class_index`` for one image, on the model thread.
+
+        Args:
+            image: one prepared uint8 image ``(C, *spatial)``.
+            class_index: the class whose evidence is shown (the predicted one).
+
+        Returns:
+            Base64 PNG of ``image`` with its heatmap blended on top.
+        """
+        return await self.model_thread.call(self._overlay_png, image, class_index)
+
+    def _overlay_png(self, image: np.ndarray, class_index: int) -> str:
+        heatmap = self.predictor.explain(image, class_index=class_index)
+        return base64.b64encode(overlay_png(image, heatmap)).decode("ascii")
+
+    def _warm_up_file(self) -> tuple[bytes, str]:
+        """A blank file of the model's input size, so that the warm-up runs the decoder too."""
+        blank = np.zeros((self.card.input_size,) * self.card.spatial_dims, dtype=np.uint8)
+        buffer = io.BytesIO()
+        if self.card.spatial_dims == 2:
+            from PIL import Image
+
+            Image.fromarray(blank).save(buffer, "PNG")
+            return buffer.getvalue(), "warm-up.png"
+        np.save(buffer, blank)
+        return buffer.getvalue(), "warm-up.npy"
+
+    async def warm_up(self, *, freeze_gc: bool) -> None:
+        """Decode, predict and explain a blank image once, then report ready.
+
+        A failure is logged and kept as the reason ``/readyz`` gives; the service stays up.
+
+        Args:
+            freeze_gc: afterwards, :func:`gc.freeze` every object then alive (see :func:`create_app`).
+        """
+        data, name = self._warm_up_file()
+        try:
+            image = await anyio.to_thread.run_sync(
+                lambda: self.predictor.prepare(data, name, max_pixels=self.limits.max_pixels))
+            await self.model_thread.predict(image[None])
+            # Grad-CAM loads the torch model (for the ONNX backend) and its imports: seconds that
+            # are paid here rather than by the first ?explain=true request (the page always asks).
+            await self.overlay(image, 0)
+        except Exception as exc:  # the service stays up (healthz) but never reports ready
+            logger.error("warm-up failed", exc_info=(type(exc), exc, exc.__traceback__))
+            self.not_ready_reason = f"warm-up failed: {type(exc).__name__}: {exc}"
+            return
+        if freeze_gc:
+            # torch and the web stack leave ~400,000 long-lived objects; every full collection
+            # would walk them all (~250 ms on a small CPU, stalling every request in flight).
+            # Frozen, they are skipped; they are still freed by reference counting.
+            gc.collect()
+            gc.freeze()
+        self.ready = True
+
+
+def _lifespan(service: _Service, *, freeze_gc: bool) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager]:
+    """The app's lifespan: the warm-up runs in the background from start-up; shutdown stops the model thread.
+
+    Args:
+        service: the shared state of the app's routes.
+        freeze_gc: passed to :meth:`_Service.warm_up`.
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        warm_up_task = asyncio.create_task(service.warm_up(freeze_gc=freeze_gc))
+        try:
+            yield
+        finally:
+            warm_up_task.cancel()
+            service.model_thread.stop()
+
+    return lifespan
+
+
+def _v1_router(api_key: str | None) -> APIRouter:
+    """The ``/v1`` router: each of its routes first checks the ``X-API-Key`` header (when a key is set)."""
+    return APIRouter(prefix="/v1", dependencies=[Depends(_api_key_check(api_key))])
+
+
+def _add_predict_route(v1: APIRouter, service: _Service) -> None:
+    """``POST /v1/predict``: read the body within the limits, check formats, decode, predict, explain if asked.
+
+    Decoding runs on a worker thread and the model on the model thread, so the event loop stays
+    free; the answer gives each image's prediction and the time each step took.
+    """
+    card, task, class_names, version = service.card, service.task, service.class_names, service.version
+    limits, model_thread = service.limits, service.model_thread
+
+    @v1.post("/predict", openapi_extra=_PREDICT_OPENAPI,
+             summary="Classify one or more uploaded images (multipart field 'files')")
+    async def predict(request: Request,
+                      explain: bool = Query(False, description="add a Grad-CAM overlay PNG (base64) per image")) -> dict:
+        started = time.perf_counter()
+        uploads = await _read_uploads(request, max_bytes=limits.max_upload_bytes, max_files=limits.max_files)
+        service.check_formats(uploads)
+        t0 = time.perf_counter()
+        images = await anyio.to_thread.run_sync(service.prepare_all, uploads)
+        t1 = time.perf_counter()
+        probabilities = await model_thread.predict(images)  # (B, K)
+        t2 = time.perf_counter()
+        predictions = []
+        for upload, image, probs in zip(uploads, images, probabilities):
+            top = int(np.argmax(probs))
+            entry: dict[str, Any] = {
+                "file": upload.filename,
+                "predicted": class_names[top],
+                "probability": float(probs[top]),
+                "probabilities": {name: float(p) for name, p in zip(class_names, probs)},
+            }
+            if task.is_multilabel:
+                entry["positive"] = [name for name, p in zip(class_names, probs) if p >= 0.5]
+            if explain:
+                entry["overlay_png"] = await service.overlay(image, top)
+            predictions.append(entry)
+        done = time.perf_counter()
+        timing = {"decode": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3}
+        if explain:
+            timing["explain"] = (done - t2) * 1e3
+        timing["total"] = (done - started) * 1e3
+        return {"model": card.architecture, "version": version, "predictions": predictions,
+                "timing_ms": {k: round(v, 3) for k, v in timing.items()}}
+
+
+def _add_model_route(v1: APIRouter, service: _Service) -> None:
+    """``GET /v1/model``: the model card summary, the backend and the request limits."""
+    predictor = service.predictor
+
+    @v1.get("/model", summary="The model card summary: classes, task, input size, training data, metrics")
+    async def model_info() -> dict:
+        return {**predictor.info, "backend": predictor.backend, "limits": service.limits.as_dict()}
+
+
+def _add_health_routes(app: FastAPI, service: _Service) -> None:
+    """``GET /healthz`` (the process answers) and ``GET /readyz`` (the warm-up has run; before that 503 and why)."""
+    card, version, predictor = service.card, service.version, service.predictor
+
+    @app.get("/healthz", summary="The process is alive")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="The model is loaded and has answered a warm-up request (decode, predict, Grad-CAM)",
+             responses={503: {"description": "not ready yet"}})
+    async def readyz() -> JSONResponse:
+        if not service.ready:
+            return _error(503, f"not ready: {service.not_ready_reason}")
+        return JSONResponse({"status": "ready", "model": card.architecture, "version": version,
+                             "backend": predictor.backend})
+
+
+def _add_page_route(app: FastAPI) -> None:
+    """``GET /``: the self-contained upload page, under its own Content-Security-Policy; not in the OpenAPI schema."""
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(PAGE_HTML, headers={"Content-Security-Policy": PAGE_CSP,
+                                                "X-Content-Type-Options": "nosniff",
+                                                "Referrer-Policy": "no-referrer"})
+
+
 def create_app(predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_files: int = DEFAULT_MAX_FILES,
                max_pixels: int = DEFAULT_MAX_PIXELS, api_key: str | None = None, freeze_gc: bool = False) -> FastAPI:
     """Build the HTTP service for ``predictor``.
@@ -396,155 +659,16 @@ def create_app(predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
     Raises:
         ValueError: a limit below 1, or an empty ``api_key``.
     """
-    for name, value in (("max_upload_bytes", max_upload_bytes), ("max_files", max_files), ("max_pixels", max_pixels)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if api_key is not None and not api_key:
-        raise ValueError("api_key must be a non-empty string, or None for no key")
-
-    card = predictor.card
-    task = Task(card.task)
-    class_names = list(card.class_names)
-    suffixes = _SUFFIXES_3D if card.spatial_dims == 3 else _SUFFIXES_2D
-    version = predictor.info.get("version")  # the weights' hash: fixed for the predictor's life
-    model_thread = _ModelThread(predictor)
-    state: dict[str, Any] = {"ready": False, "reason": "warming up: the first decode, prediction and Grad-CAM "
-                                                       "have not finished"}
-
-    def explain_one(image: np.ndarray, class_index: int) -> str:
-        """Base64 PNG of ``image`` with its Grad-CAM heatmap for ``class_index`` blended on top."""
-        heatmap = predictor.explain(image, class_index=class_index)
-        return base64.b64encode(overlay_png(image, heatmap)).decode("ascii")
-
-    def warm_up_file() -> tuple[bytes, str]:
-        """A blank file of the model's input size, so that the warm-up runs the decoder too."""
-        blank = np.zeros((card.input_size,) * card.spatial_dims, dtype=np.uint8)
-        buffer = io.BytesIO()
-        if card.spatial_dims == 2:
-            from PIL import Image
-
-            Image.fromarray(blank).save(buffer, "PNG")
-            return buffer.getvalue(), "warm-up.png"
-        np.save(buffer, blank)
-        return buffer.getvalue(), "warm-up.npy"
-
-    async def warm_up() -> None:
-        data, name = warm_up_file()
-        try:
-            image = await anyio.to_thread.run_sync(lambda: predictor.prepare(data, name, max_pixels=max_pixels))
-            await model_thread.predict(image[None])
-            # Grad-CAM loads the torch model (for the ONNX backend) and its imports: seconds that
-            # are paid here rather than by the first ?explain=true request (the page always asks).
-            await model_thread.call(explain_one, image, 0)
-        except Exception as exc:  # the service stays up (healthz) but never reports ready
-            logger.error("warm-up failed", exc_info=(type(exc), exc, exc.__traceback__))
-            state["reason"] = f"warm-up failed: {type(exc).__name__}: {exc}"
-            return
-        if freeze_gc:
-            # torch and the web stack leave ~400,000 long-lived objects; every full collection
-            # would walk them all (~250 ms on a small CPU, stalling every request in flight).
-            # Frozen, they are skipped; they are still freed by reference counting.
-            gc.collect()
-            gc.freeze()
-        state["ready"] = True
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        warm_up_task = asyncio.create_task(warm_up())
-        try:
-            yield
-        finally:
-            warm_up_task.cancel()
-            model_thread.stop()
-
-    app = FastAPI(title="medlens", version=str(version or ""), lifespan=lifespan,
-                  description=f"{card.architecture} ({task.value}: {', '.join(class_names)}) served with "
-                              f"{predictor.backend}.")
+    _check_settings(max_upload_bytes=max_upload_bytes, max_files=max_files, max_pixels=max_pixels, api_key=api_key)
+    service = _Service(predictor, max_upload_bytes=max_upload_bytes, max_files=max_files, max_pixels=max_pixels)
+    app = FastAPI(title="medlens", version=str(service.version or ""), lifespan=_lifespan(service, freeze_gc=freeze_gc),
+                  description=f"{service.card.architecture} ({service.task.value}: {', '.join(service.class_names)}) "
+                              f"served with {predictor.backend}.")
     _install_error_handlers(app)
-
-    def prepare_all(uploads: list[_Upload]) -> np.ndarray:
-        images = []
-        for upload in uploads:
-            name = upload.filename or ""
-            try:
-                images.append(predictor.prepare(bytes(upload.data), name, max_pixels=max_pixels))
-            except InputError as exc:  # the input's fault: 422; anything else is a logged 500
-                raise ApiError(422, str(exc)) from None  # the message names the file
-        return np.stack(images)  # (B, C, *spatial)
-
-    def check_formats(uploads: list[_Upload]) -> None:
-        for upload in uploads:
-            name = upload.filename or ""
-            suffix = file_suffix(name)
-            if not upload.data:
-                raise ApiError(400, f"{name!r} is empty (0 bytes)")
-            if suffix not in suffixes:
-                raise ApiError(415, f"{name!r}: file type {suffix or '(no suffix)'!r} is not accepted by this "
-                                    f"{card.spatial_dims}D model; accepted: {', '.join(suffixes)}")
-            if not _looks_like(suffix, upload.data):
-                raise ApiError(415, f"{name!r} does not contain a {suffix} image (its first bytes do not match "
-                                    f"the format); accepted: {', '.join(suffixes)}")
-
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(_api_key_check(api_key))])
-
-    @v1.post("/predict", openapi_extra=_PREDICT_OPENAPI,
-             summary="Classify one or more uploaded images (multipart field 'files')")
-    async def predict(request: Request,
-                      explain: bool = Query(False, description="add a Grad-CAM overlay PNG (base64) per image")) -> dict:
-        started = time.perf_counter()
-        uploads = await _read_uploads(request, max_bytes=max_upload_bytes, max_files=max_files)
-        check_formats(uploads)
-        t0 = time.perf_counter()
-        images = await anyio.to_thread.run_sync(prepare_all, uploads)
-        t1 = time.perf_counter()
-        probabilities = await model_thread.predict(images)  # (B, K)
-        t2 = time.perf_counter()
-        predictions = []
-        for upload, image, probs in zip(uploads, images, probabilities):
-            top = int(np.argmax(probs))
-            entry: dict[str, Any] = {
-                "file": upload.filename,
-                "predicted": class_names[top],
-                "probability": float(probs[top]),
-                "probabilities": {name: float(p) for name, p in zip(class_names, probs)},
-            }
-            if task.is_multilabel:
-                entry["positive"] = [name for name, p in zip(class_names, probs) if p >= 0.5]
-            if explain:
-                entry["overlay_png"] = await model_thread.call(explain_one, image, top)
-            predictions.append(entry)
-        done = time.perf_counter()
-        timing = {"decode": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3}
-        if explain:
-            timing["explain"] = (done - t2) * 1e3
-        timing["total"] = (done - started) * 1e3
-        return {"model": card.architecture, "version": version, "predictions": predictions,
-                "timing_ms": {k: round(v, 3) for k, v in timing.items()}}
-
-    @v1.get("/model", summary="The model card summary: classes, task, input size, training data, metrics")
-    async def model_info() -> dict:
-        return {**predictor.info, "backend": predictor.backend,
-                "limits": {"max_upload_bytes": max_upload_bytes, "max_files": max_files, "max_pixels": max_pixels,
-                           "formats": list(suffixes)}}
-
+    v1 = _v1_router(api_key)
+    _add_predict_route(v1, service)
+    _add_model_route(v1, service)
     app.include_router(v1)
-
-    @app.get("/healthz", summary="The process is alive")
-    async def healthz() -> dict:
-        return {"status": "ok"}
-
-    @app.get("/readyz", summary="The model is loaded and has answered a warm-up request (decode, predict, Grad-CAM)",
-             responses={503: {"description": "not ready yet"}})
-    async def readyz() -> JSONResponse:
-        if not state["ready"]:
-            return _error(503, f"not ready: {state['reason']}")
-        return JSONResponse({"status": "ready", "model": card.architecture, "version": version,
-                             "backend": predictor.backend})
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE_HTML, headers={"Content-Security-Policy": PAGE_CSP,
-                                                "X-Content-Type-Options": "nosniff",
-                                                "Referrer-Policy": "no-referrer"})
-
+    _add_health_routes(app, service)
+    _add_page_route(app)
     return app
