@@ -20,12 +20,8 @@ import torch
 from medlens.data.augment import BatchAugment, Normalisation, mixup, normalise, to_unit
 from medlens.data.registry import Task
 from medlens.engine.config import RunConfig
+from medlens.inference import probabilities
 from medlens.metrics import accuracy_score, roc_auc_score
-
-
-def scores_from_logits(logits: torch.Tensor, task: Task) -> torch.Tensor:
-    """Probabilities ``(B, K)``: sigmoid per label for multi-label tasks, else softmax."""
-    return torch.sigmoid(logits) if task.is_multilabel else torch.softmax(logits, dim=1)
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -123,7 +119,7 @@ class ClassifierModule(pl.LightningModule):
         self._loss_sum[0] += float(loss.detach()) * len(images)
         self._loss_sum[1] += len(images)
         if not mixed:
-            self._train_outputs.append((labels, scores_from_logits(logits.detach(), self.task)))
+            self._train_outputs.append((labels, probabilities(logits.detach(), self.task)))
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_index) -> None:
@@ -156,7 +152,7 @@ class ClassifierModule(pl.LightningModule):
     def validation_step(self, batch, batch_index):
         images, labels = batch
         logits = self(images)
-        self._val_outputs.append((labels, logits.float(), scores_from_logits(logits.float(), self.task)))
+        self._val_outputs.append((labels, logits.float(), probabilities(logits.float(), self.task)))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_outputs:

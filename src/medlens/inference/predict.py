@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from medlens.data.registry import Task
+from medlens.inference.model import InferenceModel
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,7 @@ class Predictions:
 
     Attributes:
         y_true: class ids ``(N,)``, or 0/1 ``(N, K)`` for multi-label tasks.
-        y_score: probabilities ``(N, K)`` (softmax, or sigmoid per label for multi-label).
+        y_score: probabilities ``(N, K)`` (see :func:`~medlens.inference.model.probabilities`).
         ids: image ids ``(N,)`` (file names for folders, row numbers for MedMNIST).
         task: the task the scores answer.
     """
@@ -32,10 +33,14 @@ def predict(model: torch.nn.Module, split, *, task: Task, mean, std, batch_size:
             channels_last: bool = False) -> Predictions:
     """Run ``model`` over a :class:`~medlens.data.source.TensorSplit` in batches.
 
+    The batches go through :class:`~medlens.inference.model.InferenceModel`, the path every
+    other consumer (serving, ONNX, the report) takes too.
+
     Args:
-        model: logits ``(B, K)`` from normalised float input.
+        model: logits ``(B, K)`` from normalised float input; put in eval mode for the call and
+            given back in the mode it had.
         split: the split (uint8 images).
-        task: decides softmax or sigmoid.
+        task: decides the activation (see :func:`~medlens.inference.model.probabilities`).
         mean, std: per-channel normalisation on the [0, 1] scale (from the model card).
         batch_size: images per forward pass.
         channels_last: feed batches in channels-last layout (2D and 3D).
@@ -43,21 +48,14 @@ def predict(model: torch.nn.Module, split, *, task: Task, mean, std, batch_size:
     Returns:
         :class:`Predictions` in the split's order.
     """
-    from medlens.data.augment import Normalisation, to_float
+    from medlens.data.augment import Normalisation
     from medlens.data.loader import BatchLoader
 
     was_training = model.training
-    model.eval()
-    spatial = split.images.ndim - 2
     device = next(model.parameters()).device
-    norm = Normalisation(mean=tuple(mean), std=tuple(std))
-    scores = []
-    for images, _ in BatchLoader(split, batch_size=batch_size):
-        x = to_float(images.to(device), norm)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last if spatial == 2 else torch.channels_last_3d)
-        logits = model(x).float()
-        scores.append(torch.sigmoid(logits) if task.is_multilabel else torch.softmax(logits, dim=1))
+    inference = InferenceModel(model, Normalisation(mean=tuple(mean), std=tuple(std)), task=task,
+                               spatial_dims=split.images.ndim - 2, channels_last=channels_last).to(device).eval()
+    scores = [inference(images.to(device)) for images, _ in BatchLoader(split, batch_size=batch_size)]
     model.train(was_training)
     n_out = scores[0].shape[1] if scores else 0
     y_score = torch.cat(scores).cpu().numpy() if scores else np.zeros((0, n_out), np.float32)

@@ -281,9 +281,8 @@ def _gallery_indices(y_true: np.ndarray, predicted: np.ndarray, confidence: np.n
 def _gallery_section(evaluation, *, limit: int, explain: bool) -> str:
     import torch
 
-    from medlens.data.augment import Normalisation, to_float
-    from medlens.metrics import predicted_labels
     from medlens.explain.render import overlay_png
+    from medlens.inference import InferenceModel, decide
 
     predictions = evaluation.predictions
     model, card = evaluation.model
@@ -295,7 +294,7 @@ def _gallery_section(evaluation, *, limit: int, explain: bool) -> str:
         y_true = np.where(np.asarray(predictions.y_true)[np.arange(len(predicted)), predicted] > 0, predicted, -1)
         confidence = y_score.max(axis=1)
     else:
-        predicted = predicted_labels(y_score, task=predictions.task)
+        predicted = decide(y_score, predictions.task)
         y_true = np.asarray(predictions.y_true).reshape(-1)
         confidence = y_score[np.arange(len(predicted)), predicted] if y_score.shape[1] > 1 else \
             np.where(predicted == 1, y_score[:, 0], 1 - y_score[:, 0])
@@ -306,10 +305,11 @@ def _gallery_section(evaluation, *, limit: int, explain: bool) -> str:
     if explain and len(index):
         from medlens.explain.gradcam import gradcam
 
-        norm = Normalisation.from_dict(card.normalisation)
+        inference = InferenceModel.from_card(model, card)
         for start in range(0, len(index), 32):
-            x = to_float(torch.from_numpy(images[start:start + 32]), norm)
-            heatmaps[start:start + 32] = gradcam(model, x, class_index=predicted[index[start:start + 32]])
+            with torch.no_grad():
+                x = inference.normalise(torch.from_numpy(images[start:start + 32]))  # the model's input
+            heatmaps[start:start + 32] = gradcam(inference.model, x, class_index=predicted[index[start:start + 32]])
     items = []
     for k, row in enumerate(index):
         item = {"id": str(predictions.ids[row]), "true": "" if y_true[row] < 0 else names[int(y_true[row])],

@@ -53,6 +53,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from medlens.data.readers import DICOM_SUFFIXES, IMAGE_2D_SUFFIXES, file_suffix
 from medlens.data.registry import Task
 from medlens.explain.render import overlay_png
+from medlens.inference import decide
 from medlens.serve.page import PAGE_CSP, PAGE_HTML
 from medlens.serve.predictor import InputError
 
@@ -575,17 +576,19 @@ def _add_predict_route(v1: APIRouter, service: _Service) -> None:
         t1 = time.perf_counter()
         probabilities = await model_thread.predict(images)  # (B, K)
         t2 = time.perf_counter()
+        # The one decision rule (strictly above 0.5), not a second copy of it.
+        positive = decide(probabilities, task) if task.is_multilabel else None  # (B, K) 0/1
         predictions = []
-        for upload, image, probs in zip(uploads, images, probabilities):
+        for row, (upload, image, probs) in enumerate(zip(uploads, images, probabilities, strict=True)):
             top = int(np.argmax(probs))
             entry: dict[str, Any] = {
                 "file": upload.filename,
                 "predicted": class_names[top],
                 "probability": float(probs[top]),
-                "probabilities": {name: float(p) for name, p in zip(class_names, probs)},
+                "probabilities": {name: float(p) for name, p in zip(class_names, probs, strict=True)},
             }
             if task.is_multilabel:
-                entry["positive"] = [name for name, p in zip(class_names, probs) if p >= 0.5]
+                entry["positive"] = [name for name, flag in zip(class_names, positive[row], strict=True) if flag]
             if explain:
                 entry["overlay_png"] = await service.overlay(image, top)
             predictions.append(entry)

@@ -1,6 +1,8 @@
 """Export a run's best model to ONNX, verified against torch on the model's own test images.
 
-The exported graph is the whole inference path, so any ONNX runtime can use it without medlens:
+The exported graph is the whole inference path, so any ONNX runtime can use it without medlens.
+It is :class:`medlens.inference.InferenceModel` traced, the module the torch backend runs, so the
+two share their normalisation constants and activation by construction:
 
     uint8 images (B, C, *spatial) --cast, (x / 255 - mean) / std--> model --softmax | sigmoid--> (B, K)
 
@@ -36,27 +38,6 @@ from medlens.serve.predictor import _checkpoint_path, _onnx_session, onnx_paths
 OPSET = 18
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
-
-
-class _InferenceGraph(torch.nn.Module):
-    """uint8 images -> probabilities: the normalisation, the model and its output activation."""
-
-    def __init__(self, model: torch.nn.Module, mean, std, *, spatial_dims: int, multilabel: bool) -> None:
-        super().__init__()
-        self.model = model
-        self.multilabel = multilabel
-        shape = (1, len(mean)) + (1,) * spatial_dims
-        # The factors of augment.to_float, made in float64 and rounded once: the same float32
-        # constants torch inference multiplies by, so the two paths agree to rounding.
-        mean = torch.tensor(mean, dtype=torch.float64)
-        std = torch.tensor(std, dtype=torch.float64)
-        self.register_buffer("scale", (1.0 / (255.0 * std)).float().view(shape))
-        self.register_buffer("offset", (-mean / std).float().view(shape))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() * self.scale + self.offset  # (B, C, *spatial), normalised
-        logits = self.model(x)  # (B, K)
-        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
 
 
 def _export(graph: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -130,8 +111,8 @@ def export_onnx(
         ValueError: ``out`` not ending in ``.onnx``, bad ``n_verify``, or the verification failed
             (the message gives the largest difference); nothing is written then.
     """
-    from medlens.data.registry import Task
     from medlens.engine.checkpoint import load_model
+    from medlens.inference import InferenceModel
 
     if isinstance(n_verify, bool) or not isinstance(n_verify, int) or n_verify < 1:
         raise ValueError(f"n_verify must be an integer >= 1, got {n_verify!r}")
@@ -141,9 +122,7 @@ def export_onnx(
         raise ValueError(f"the export must be a .onnx file, got {onnx_file}")
     weights_sha256 = file_sha256(weights)  # before loading: the hash names exactly the weights exported
     model, card = load_model(weights)
-    task = Task(card.task)
-    graph = _InferenceGraph(model, card.normalisation["mean"], card.normalisation["std"],
-                            spatial_dims=card.spatial_dims, multilabel=task.is_multilabel).eval()
+    graph = InferenceModel.from_card(model, card).eval()
     images = _test_images(card, root=root, limit=n_verify)
     with torch.inference_mode():
         expected = graph(torch.from_numpy(images)).numpy()

@@ -2,8 +2,8 @@
 
 A :class:`Predictor` is built from a run folder (or a checkpoint) alone. It decodes a file's bytes
 exactly as the training data was decoded (:func:`medlens.data.readers.read_image` at the card's
-input size, then the card's channel count), normalises with the card's mean/std and returns
-probabilities: softmax, or a sigmoid per label for multi-label models.
+input size, then the card's channel count) and returns probabilities: the torch backend through
+:class:`medlens.inference.InferenceModel`, the ONNX backend through that same module exported.
 
 Everything about a file that the model cannot use (an unsupported or corrupt file, a volume for
 a 2D model, an image too large) raises :class:`InputError`, whose message names the file and the
@@ -204,6 +204,7 @@ class Predictor:
         self._weights = Path(weights)
         self._model = model
         self._session = session
+        self._inference_model = None
         self._lock = threading.Lock()
         self._version: str | None = None
         self._task = None
@@ -326,8 +327,8 @@ class Predictor:
             images: uint8 ``(B, C, *spatial)`` stacked from :meth:`prepare` (B may be 0).
 
         Returns:
-            float32 ``(B, K)``: softmax probabilities, or one sigmoid per label for multi-label
-            models; K = ``len(card.class_names)``.
+            float32 ``(B, K)`` (see :func:`medlens.inference.probabilities`); K =
+            ``len(card.class_names)``.
 
         Raises:
             ValueError: wrong dtype or shape (the message gives the expected one).
@@ -343,13 +344,8 @@ class Predictor:
     def _predict_torch(self, chunk: np.ndarray) -> np.ndarray:
         import torch
 
-        from medlens.data.augment import Normalisation, to_float
-
         with torch.inference_mode():
-            x = to_float(torch.from_numpy(chunk), Normalisation.from_dict(self.card.normalisation))
-            logits = self._model(x).float()
-            probs = torch.sigmoid(logits) if self.task.is_multilabel else torch.softmax(logits, dim=1)
-        return probs.numpy()
+            return self._inference().forward(torch.from_numpy(chunk)).numpy()
 
     def explain(self, image: np.ndarray, class_index: int | None = None, *, method: str = "gradcam",
                 layer: str | None = None) -> np.ndarray:
@@ -369,7 +365,6 @@ class Predictor:
         """
         import torch
 
-        from medlens.data.augment import Normalisation, to_float
         from medlens.explain.gradcam import gradcam
 
         batch = self._check_batch(np.asarray(image)[None])
@@ -377,17 +372,23 @@ class Predictor:
         valid = isinstance(class_index, (int, np.integer)) and 0 <= class_index < n_classes
         if class_index is not None and not valid:
             raise ValueError(f"class_index must be an int in 0..{n_classes - 1}, got {class_index!r}")
-        x = to_float(torch.from_numpy(batch), Normalisation.from_dict(self.card.normalisation))
-        return gradcam(self._torch_model(), x, class_index=class_index, method=method, layer=layer)[0]
+        inference = self._inference()
+        with torch.no_grad():
+            x = inference.normalise(torch.from_numpy(batch))  # (1, C, *spatial), as the model takes it
+        return gradcam(inference.model, x, class_index=class_index, method=method, layer=layer)[0]
 
-    def _torch_model(self):
-        """The torch model (loaded on first use when the backend is ONNX)."""
+    def _inference(self):
+        """The torch model's :class:`~medlens.inference.InferenceModel` (loaded on first use for ONNX)."""
         with self._lock:
-            if self._model is None:
-                from medlens.engine.checkpoint import load_model
+            if self._inference_model is None:
+                from medlens.inference import InferenceModel
 
-                self._model, _ = load_model(self._weights)
-            return self._model
+                if self._model is None:
+                    from medlens.engine.checkpoint import load_model
+
+                    self._model, _ = load_model(self._weights)
+                self._inference_model = InferenceModel.from_card(self._model, self.card).eval()
+            return self._inference_model
 
     # ------------------------------------------------------------------ description
 
