@@ -35,6 +35,22 @@ def _noop_resolver(target, *, size, options):
 def test_the_built_in_sources_in_registration_order():
     assert [source.prefix for source in list_sources()][:3] == ["", "folder", "npz"]
     assert [source.usage for source in list_sources()][1:3] == ["folder:PATH", "npz:FILE.npz"]
+    assert {source.origin for source in list_sources()[:3]} == {"medlens.data.source"}
+
+
+def test_a_resolver_given_by_dotted_path_is_imported_when_resolving(tmp_path):
+    """A source may name its resolver as 'module:function' (the built-ins do: listing them stays light)."""
+    record = register_source(DataSource("lazy", "medlens.data.source:_resolve_npz", usage="lazy:FILE.npz",
+                                        description="npz under another prefix (test)"))
+    try:
+        arrays = {f"{split}_{kind}": value for split in SPLITS for kind, value in
+                  (("images", np.zeros((4, 8, 8), np.uint8)), ("labels", np.array([[0], [1], [0], [1]])))}
+        np.savez(tmp_path / "toy.npz", **arrays)
+        source = resolve(f"lazy:{tmp_path / 'toy.npz'}")
+        assert source.splits["train"].images.shape == (4, 1, 8, 8) and source.info.class_names == ("0", "1")
+        assert record.origin == "medlens.data.source"
+    finally:
+        unregister_source("lazy")
 
 
 @pytest.mark.parametrize(
@@ -108,8 +124,10 @@ def test_a_spec_that_is_not_a_string():
         parse_spec(None)
 
 
-@pytest.mark.parametrize(("prefix", "message"), [("folder", "source 'folder:' is already registered"),
-                                                 ("", "the default .prefix-less. source is already registered")])
+@pytest.mark.parametrize(("prefix", "message"), [
+    ("folder", r"source 'folder:' is already registered \(by medlens.data.source\)"),
+    ("", r"the default \(prefix-less\) source is already registered \(by medlens.data.source\)"),
+])
 def test_duplicate_registration_raises(prefix, message):
     usage = f"{prefix}:X" if prefix else "NAME"
     with pytest.raises(ValueError, match=message):
@@ -123,11 +141,13 @@ def test_duplicate_registration_raises(prefix, message):
         ({"prefix": "my-source", "usage": "my-source:PATH"}, "source prefix 'my-source' is not valid"),
         ({"prefix": "csv", "usage": "PATH.csv"}, "usage 'PATH.csv' of source 'csv' must start with 'csv:'"),
         ({"prefix": "csv", "usage": "csv:PATH", "default_size": 0}, "default_size 0 of source 'csv' is not valid"),
+        ({"prefix": "csv", "usage": "csv:PATH", "resolver": "medlens.data.csv"},
+         "resolver 'medlens.data.csv' of source 'csv' is not valid; give a function or its dotted path"),
     ],
 )
 def test_malformed_registration_raises(fields, message):
     with pytest.raises(ValueError, match=message):
-        register_source(DataSource(resolver=_noop_resolver, description="bad", **fields))
+        register_source(DataSource(**{"resolver": _noop_resolver, "description": "bad", **fields}))
     assert "csv" not in [source.prefix for source in list_sources()]
 
 

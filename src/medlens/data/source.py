@@ -9,8 +9,8 @@ Specs (source prefix as in timm's ``create_dataset``):
     npz:FILE.npz         a local file in the MedMNIST layout
 
 Each prefix is a :class:`~medlens.data.spec.DataSource` in the source registry
-(:mod:`medlens.data.spec`); the three above are registered at the end of this module, and a
-new source is one more ``register_source``.
+(:mod:`medlens.data.spec`, where the three above are registered); their resolvers are the
+``_resolve_*`` functions here, and a new source is one more ``register_source``.
 
 Example:
     >>> from medlens.data import resolve  # doctest: +SKIP
@@ -33,7 +33,7 @@ from medlens._io import atomic_path
 from medlens.data.download import cached_md5, data_root, download, verify_md5
 from medlens.data.npz import DEFAULT_MMAP_THRESHOLD, load_npz_arrays
 from medlens.data.registry import SPLITS, DatasetInfo, Task, get_dataset_info, list_datasets
-from medlens.data.spec import DataSource, ResolveOptions, parse_spec, register_source
+from medlens.data.spec import ResolveOptions, parse_spec
 from medlens.data.splits import (
     DEFAULT_RATIOS,
     carve_validation,
@@ -42,8 +42,6 @@ from medlens.data.splits import (
     parse_ratios,
     stratified_split,
 )
-
-DEFAULT_FOLDER_SIZE = 64
 
 
 @dataclass
@@ -188,7 +186,7 @@ def resolve(
         channels=channels, skip_bad=skip_bad,
         mmap_threshold=DEFAULT_MMAP_THRESHOLD if mmap_threshold is None else mmap_threshold,
     )
-    return parsed.source.resolver(parsed.target, size=size, options=options)
+    return parsed.source.resolve(parsed.target, size=size, options=options)
 
 
 def _resolve_medmnist(name: str, *, size: int, options: ResolveOptions) -> Source:
@@ -373,20 +371,6 @@ def _leak_warnings(rows: dict[str, np.ndarray], groups: np.ndarray, ids: np.ndar
     shown = "; ".join(clashes[:5]) + (f"; and {len(clashes) - 5} more" if len(clashes) > 5 else "")
     return [f"{len(clashes)} image(s) in the dataset's own split folders have an identical copy in "
             f"another split (test-set leakage): {shown}"]
-
-
-# The built-in sources. A new one is one more register_source call (its resolver may live in its own module).
-register_source(DataSource(
-    "", _resolve_medmnist, usage="a MedMNIST name (breastmnist, breastmnist@64)",
-    description="a MedMNIST dataset from the data root, downloaded if missing", default_size=28,
-    known_info=get_dataset_info,
-))
-register_source(DataSource(
-    "folder", _resolve_folder, usage="folder:PATH",
-    description="a directory or .zip of class folders, optionally under train/val/test",
-    default_size=DEFAULT_FOLDER_SIZE, decodes_images=True,
-))
-register_source(DataSource("npz", _resolve_npz, usage="npz:FILE.npz", description="a local file in the MedMNIST layout"))
 
 
 def with_fold(source: Source, *, folds: int, fold: int, seed: int = 0) -> Source:

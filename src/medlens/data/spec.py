@@ -9,9 +9,9 @@ that code outside ``medlens.data`` asks about instead of reading the spec string
 image files, so that any size and channel count can be asked for; its default size; what is
 known about a dataset before loading it).
 
-The built-in sources (MedMNIST names, ``folder:``, ``npz:``) are registered by
-:mod:`medlens.data.source`, beside their resolvers; the lookups here import it first, so they
-are always present.
+The built-in sources (MedMNIST names, ``folder:``, ``npz:``) are registered at the end of this
+module, with their resolvers named by dotted path (in :mod:`medlens.data.source`) and imported
+when a spec is resolved: listing the sources (``medlens datasets``) imports no numpy.
 
 Example:
     >>> spec = parse_spec("folder:images.zip@128")
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medlens.data.registry import DatasetInfo, list_datasets
+from medlens.data.registry import DatasetInfo, get_dataset_info, list_datasets
 
 if TYPE_CHECKING:
     from medlens.data.source import Source
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 # A source prefix: what comes before the first ':' of a spec. MedMNIST names hold no ':'.
 _PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _VALID_PREFIX = re.compile(r"[a-z][a-z0-9_]*")
+DEFAULT_FOLDER_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,9 @@ class DataSource:
             the prefix-less default source (MedMNIST names).
         resolver: ``resolver(target, *, size, options) -> Source``: ``target`` is the spec
             without prefix and size (a path, a name), ``size`` the edge in pixels (the spec's,
-            the caller's, else ``default_size``), ``options`` a :class:`ResolveOptions`.
+            the caller's, else ``default_size``), ``options`` a :class:`ResolveOptions`. Or its
+            dotted path, ``"package.module:function"``, imported when a spec is first resolved
+            (so that registering and listing the source import nothing heavy).
         usage: how a spec of this source reads, for messages (``"folder:PATH"``).
         description: one line for ``medlens datasets``.
         default_size: edge in pixels when neither the spec nor the caller gives one; None: the
@@ -88,12 +91,27 @@ class DataSource:
     """
 
     prefix: str
-    resolver: Callable[..., Source]
+    resolver: Callable[..., Source] | str
     usage: str
     description: str
     default_size: int | None = None
     decodes_images: bool = False
     known_info: Callable[[str], DatasetInfo] | None = None
+
+    def resolve(self, target: str, *, size: int | None, options: ResolveOptions) -> Source:
+        """Call the resolver (importing it first when it is given by dotted path)."""
+        resolver = self.resolver
+        if isinstance(resolver, str):
+            import importlib
+
+            module, _, name = resolver.partition(":")
+            resolver = getattr(importlib.import_module(module), name)
+        return resolver(target, size=size, options=options)
+
+    @property
+    def origin(self) -> str:
+        """The module that holds the resolver, for messages."""
+        return self.resolver.partition(":")[0] if isinstance(self.resolver, str) else self.resolver.__module__
 
 
 @dataclass(frozen=True)
@@ -135,8 +153,9 @@ def register_source(source: DataSource) -> DataSource:
         ``source``, unchanged.
 
     Raises:
-        ValueError: the prefix is taken or malformed, ``usage`` does not show the prefix, or
-            ``default_size`` is not None or a positive integer.
+        ValueError: the prefix is taken or malformed, ``usage`` does not show the prefix,
+            ``default_size`` is not None or a positive integer, or a dotted-path resolver is
+            not ``"module:function"``.
 
     Example:
         >>> def doc_resolver(target, *, size, options):
@@ -156,10 +175,13 @@ def register_source(source: DataSource) -> DataSource:
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         raise ValueError(f"default_size {size!r} of source {prefix or 'default'!r} is not valid; "
                          "expected None or an integer >= 1")
+    if isinstance(source.resolver, str) and not re.fullmatch(r"[\w.]+:\w+", source.resolver):
+        raise ValueError(f"resolver {source.resolver!r} of source {prefix or 'default'!r} is not valid; "
+                         "give a function or its dotted path 'package.module:function'")
     if prefix in _SOURCES:
         taken = _SOURCES[prefix]
         what = f"source {prefix + ':'!r}" if prefix else "the default (prefix-less) source"
-        raise ValueError(f"{what} is already registered (by {taken.resolver.__module__})")
+        raise ValueError(f"{what} is already registered (by {taken.origin})")
     _SOURCES[prefix] = source
     return source
 
@@ -183,10 +205,9 @@ def get_source(prefix: str) -> DataSource:
         >>> get_source("npz").usage
         'npz:FILE.npz'
     """
-    sources = _registry()
-    if prefix not in sources:
+    if prefix not in _SOURCES:
         raise ValueError(f"unknown dataset source {prefix + ':'!r}; valid: {_valid_text()}")
-    return sources[prefix]
+    return _SOURCES[prefix]
 
 
 def list_sources() -> list[DataSource]:
@@ -196,7 +217,7 @@ def list_sources() -> list[DataSource]:
         >>> [source.usage for source in list_sources()][1:]
         ['folder:PATH', 'npz:FILE.npz']
     """
-    return list(_registry().values())
+    return list(_SOURCES.values())
 
 
 def parse_spec(spec: str) -> DatasetSpec:
@@ -224,9 +245,9 @@ def parse_spec(spec: str) -> DatasetSpec:
     text = spec.strip()
     head, sep, rest = text.partition(":")
     if sep and _PREFIX.fullmatch(head):
-        if head not in _registry():
+        if head not in _SOURCES:
             raise ValueError(f"unknown dataset source {head + ':'!r} in spec {spec!r}; valid: {_valid_text()}")
-        source, target = _registry()[head], rest
+        source, target = _SOURCES[head], rest
     else:
         source, target = get_source(""), text
     size = None
@@ -242,18 +263,26 @@ def parse_spec(spec: str) -> DatasetSpec:
     return DatasetSpec(text=text, source=source, target=target, size=size)
 
 
-def _registry() -> dict[str, DataSource]:
-    # The built-in sources register beside their resolvers, in medlens.data.source (numpy and
-    # all); importing it here makes them present however this module was reached.
-    import medlens.data.source  # noqa: F401
-
-    return _SOURCES
-
-
 def _valid_text() -> str:
     """``folder:PATH, npz:FILE.npz, or a MedMNIST name such as breastmnist``, from the registry."""
-    named = [source.usage for source in _registry().values() if source.prefix]
-    default = _registry().get("")
+    named = [source.usage for source in _SOURCES.values() if source.prefix]
+    default = _SOURCES.get("")
     if default is not None:
         named.append(f"or {default.usage}")
     return ", ".join(named)
+
+
+# The built-in sources; a new one (csv:PATH) is one more call. Their resolvers live in
+# medlens.data.source (numpy, scikit-learn) and are imported when a spec is resolved.
+register_source(DataSource(
+    "", "medlens.data.source:_resolve_medmnist", usage="a MedMNIST name (breastmnist, breastmnist@64)",
+    description="a MedMNIST dataset from the data root, downloaded if missing", default_size=28,
+    known_info=get_dataset_info,
+))
+register_source(DataSource(
+    "folder", "medlens.data.source:_resolve_folder", usage="folder:PATH",
+    description="a directory or .zip of class folders, optionally under train/val/test",
+    default_size=DEFAULT_FOLDER_SIZE, decodes_images=True,
+))
+register_source(DataSource("npz", "medlens.data.source:_resolve_npz", usage="npz:FILE.npz",
+                           description="a local file in the MedMNIST layout"))

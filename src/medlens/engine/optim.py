@@ -25,19 +25,22 @@ Example:
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
+# Neither typing nor dataclasses: the CLI parser imports this module, and the two (with the
+# inspect and ast they pull in) were 8 ms of its start-up.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     import torch
 
     from medlens.engine.config import OptimConfig, RunConfig
 
 
-@dataclass(frozen=True)
-class OptimSpec:
-    """One registered optimizer or schedule.
+class OptimSpec(namedtuple("OptimSpec", ["name", "builder", "description"])):
+    """One registered optimizer or schedule (immutable).
 
     Attributes:
         name: registry name, lower case (``"adamw"``, ``"cosine"``).
@@ -45,9 +48,7 @@ class OptimSpec:
         description: one line (what it does, which options of ``optim`` it reads).
     """
 
-    name: str
-    builder: Callable[..., Any]
-    description: str
+    __slots__ = ()
 
 
 class _Registry:
