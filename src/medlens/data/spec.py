@@ -99,7 +99,16 @@ class DataSource:
     known_info: Callable[[str], DatasetInfo] | None = None
 
     def resolve(self, target: str, *, size: int | None, options: ResolveOptions) -> Source:
-        """Call the resolver (importing it first when it is given by dotted path)."""
+        """The resolved ``Source`` of ``target`` (the resolver is imported first when given by dotted path).
+
+        Args:
+            target: the spec without prefix and size.
+            size: edge in pixels, or None for the data's own (see :attr:`resolver`).
+            options: the :class:`ResolveOptions`.
+
+        Returns:
+            What the resolver returns, a :class:`~medlens.data.source.Source`.
+        """
         resolver = self.resolver
         if isinstance(resolver, str):
             import importlib
