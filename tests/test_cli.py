@@ -118,6 +118,31 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"medlens {medlens.__version__}"
 
 
+def _choices(command: str, flag: str) -> list[str]:
+    """The ``choices`` of ``medlens COMMAND FLAG`` in a freshly built parser."""
+    import argparse
+
+    from medlens.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return list(next(a for a in commands.choices[command]._actions if flag in a.option_strings).choices)
+
+
+@pytest.mark.parametrize("command", ["train", "cv"])
+def test_optimizer_schedule_and_loss_choices_are_the_registries(command):
+    from medlens.engine.loss_names import LOSS_NAMES
+    from medlens.engine.optim import list_optimizers, list_schedules, register_optimizer, unregister_optimizer
+
+    assert _choices(command, "--optimizer") == list_optimizers() == ["adam", "adamw", "sgd", "pesg"]
+    assert _choices(command, "--schedule") == list_schedules() == ["none", "multistep", "cosine", "plateau"]
+    assert _choices(command, "--loss") == ["auto", *LOSS_NAMES]
+    register_optimizer("lion", description="a third-party optimizer (test)")(lambda model, loss, optim: None)
+    try:
+        assert _choices(command, "--optimizer")[-1] == "lion"
+    finally:
+        unregister_optimizer("lion")
+
+
 @pytest.mark.parametrize("argv", [["preview"], ["preview", "breastmnist", "--view", "side"],
                                   ["fetch", "breastmnist", "--size", "0"], ["nonsense"]])
 def test_usage_errors_exit_2(capsys, argv):

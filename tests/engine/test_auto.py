@@ -337,6 +337,9 @@ def test_an_image_folder_drops_to_28_px_when_64_does_not_fit(tmp_path):
     # A size the user chose is kept, fitting or not.
     fixed = auto_overrides({"spec": f"folder:{tmp_path}", "size": 64}, "10s", say=said.append)
     assert "size" not in fixed.overrides["data"]
+    # ... and so is one the spec carries (before, the fallback's size then disagreed with it).
+    in_spec = auto_overrides({"spec": f"folder:{tmp_path}@64"}, "10s", say=said.append)
+    assert "size" not in in_spec.overrides["data"]
 
 
 # The composed plan, pinned: plan_auto's output for five varied profiles, captured from the planner

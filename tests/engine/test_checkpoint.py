@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from medlens.engine.checkpoint import (
     ModelCard,
+    classifier_bias_name,
     load_card,
     load_model,
     load_state,
@@ -434,6 +435,69 @@ def test_model_checkpoint_is_safetensors_under_the_state_dict_keys(tmp_path):
     assert sorted(tensors) == sorted(f"/{key}" for key in model.state_dict())
     document = json.loads(sidecar(path).read_text())
     assert document["card"] == json.loads(json.dumps(asdict(card)))
+
+
+class _OwnHead(torch.nn.Module):
+    """A model of the contract whose classifier is not called ``fc``: pooling, then ``head``."""
+
+    def __init__(self, in_channels: int, num_classes: int, *, bias: bool = True):
+        super().__init__()
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.head = torch.nn.Linear(in_channels, num_classes, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(x).flatten(1))  # (B, K)
+
+    def get_classifier(self) -> torch.nn.Linear:
+        return self.head
+
+
+def test_classifier_bias_name_is_the_bias_of_get_classifier():
+    assert classifier_bias_name(_card(*MODELS[0]).build(), "cnn_small") == "fc.bias"
+    assert classifier_bias_name(_OwnHead(1, 2), "own_head") == "head.bias"
+
+
+def test_the_logit_shift_goes_into_the_bias_get_classifier_names(tmp_path):
+    from medlens.models import create_model, register_model
+    from medlens.models.registry import unregister_model
+
+    register_model("own_head", spatial_dims=(2,), description="classifier named head (test)")(
+        lambda *, in_channels, num_classes, spatial_dims, input_size: _OwnHead(in_channels, num_classes))
+    try:
+        card = _card("own_head", 2, 1, 28, ["a", "b", "c"], {})
+        model = create_model("own_head", in_channels=1, num_classes=3)
+        shift = torch.tensor([0.5, -1.0, 2.0])
+        save_model(model, card, tmp_path / "best.safetensors", logit_shift=shift)
+        saved = load_file(str(tmp_path / "best.safetensors"))
+        torch.testing.assert_close(saved["/head.bias"], model.head.bias.detach() + shift)
+        torch.testing.assert_close(saved["/head.weight"], model.head.weight.detach())
+        loaded = load_model(tmp_path / "best.safetensors")[0]
+        x = _input(card)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), model(x) + shift)
+    finally:
+        unregister_model("own_head")
+
+
+@pytest.mark.parametrize("model", [_OwnHead(1, 2, bias=False), torch.nn.Linear(4, 2)],
+                         ids=["bias-free head", "no get_classifier"])
+def test_a_model_without_a_classifier_bias_gives_the_clear_error(model, tmp_path):
+    message = r"data.correct_priors shifts the classifier bias \(get_classifier\(\).bias\), which model 'toy' lacks"
+    with pytest.raises(ValueError, match=message):
+        classifier_bias_name(model, "toy")
+    with pytest.raises(ValueError, match=message):
+        save_model(model, _card("toy", 2, 1, 28, ["a", "b"], {}), tmp_path / "best.safetensors",
+                   logit_shift=torch.zeros(2))
+    assert not (tmp_path / "best.safetensors").exists()
+
+
+def test_an_ensemble_has_no_single_classifier_bias():
+    from medlens.models import create_model
+
+    ensemble = create_model("ensemble", in_channels=1, num_classes=2, member="cnn_small", members=2)
+    with pytest.raises(ValueError, match="model 'ensemble' has no single classifier"):
+        classifier_bias_name(ensemble, "ensemble")
+    assert [classifier_bias_name(member, "cnn_small") for member in ensemble.members] == ["fc.bias", "fc.bias"]
 
 
 def test_load_model_on_a_run_folder_picks_best(tmp_path):

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from medlens.data.registry import Task
+from medlens.engine.loss_names import LOSS_NAMES
 from medlens.engine.losses import (
     LOSSES,
     AUCMarginLoss,
@@ -75,6 +76,11 @@ def test_registry_names_and_defaults():
     for task in Task:
         assert default_loss(task) == ("bce" if task.is_multilabel else "ce")
         assert default_loss(task) in compatible_losses(task)
+
+
+def test_the_torch_free_names_list_is_the_registry():
+    """The CLI's --loss choices and the config read LOSS_NAMES; it must name what is registered."""
+    assert LOSS_NAMES == tuple(LOSSES)
 
 
 def test_duplicate_registration_raises():

@@ -1,6 +1,12 @@
-"""Optimizers and schedules built from the config: the MedMNIST multi-step, cosine warm-up, plateau."""
+"""Optimizers and schedules built from the config: the MedMNIST multi-step, cosine warm-up, plateau.
+
+Also the two registries: names without torch, duplicates and unknown names, a third-party entry.
+"""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,7 +14,21 @@ import torch
 from medlens.data.registry import Task
 from medlens.engine.config import build_config
 from medlens.engine.losses import create_loss
-from medlens.engine.optim import WarmupCosine, build_optimizer, build_scheduler, milestone_epochs
+from medlens.engine.optim import (
+    WarmupCosine,
+    build_optimizer,
+    build_scheduler,
+    get_optimizer_spec,
+    get_schedule_spec,
+    list_optimizers,
+    list_schedules,
+    milestone_epochs,
+    register_optimizer,
+    register_schedule,
+    trainable_parameters,
+    unregister_optimizer,
+    unregister_schedule,
+)
 from medlens.engine.pesg import PESG
 
 
@@ -83,3 +103,92 @@ def test_pesg_gets_primal_and_dual_groups_for_aucm():
     assert isinstance(optimizer, PESG)
     dual = [g for g in optimizer.param_groups if g["dual"]]
     assert len(dual) == 1 and {id(p) for p in dual[0]["params"]} == {id(p) for p in loss.dual_parameters()}
+
+
+# --- the registries -------------------------------------------------------------------------
+
+
+def test_registered_names_in_order_with_a_description_each():
+    assert list_optimizers() == ["adam", "adamw", "sgd", "pesg"]
+    assert list_schedules() == ["none", "multistep", "cosine", "plateau"]
+    for name in list_optimizers():
+        assert get_optimizer_spec(name).name == name and get_optimizer_spec(name).description
+    for name in list_schedules():
+        assert get_schedule_spec(name).name == name and get_schedule_spec(name).description
+
+
+def test_the_names_are_read_without_torch():
+    script = ("import sys\nfrom medlens.engine.optim import list_optimizers, list_schedules\n"
+              "from medlens.engine.loss_names import LOSS_NAMES\n"
+              "assert list_optimizers() and list_schedules() and LOSS_NAMES\n"
+              "print('HEAVY', sorted(m for m in ('torch', 'numpy', 'lightning') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout
+
+
+@pytest.mark.parametrize(("register", "name", "kind"), [(register_optimizer, "adam", "optimizer"),
+                                                        (register_schedule, "cosine", "schedule")])
+def test_duplicate_registration_raises(register, name, kind):
+    with pytest.raises(ValueError, match=rf"{kind} '{name}' is already registered \(by medlens.engine.optim\)"):
+        register(name, description="again")(lambda *args: None)
+
+
+@pytest.mark.parametrize("register", [register_optimizer, register_schedule])
+@pytest.mark.parametrize("name", ["", "AdamW", "my-opt"])
+def test_malformed_names_raise(register, name):
+    with pytest.raises(ValueError, match=f"name {name!r} is not valid; use lower case letters"):
+        register(name, description="bad")
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'; valid: adam, adamw, sgd, pesg"):
+        get_optimizer_spec("rmsprop")
+    with pytest.raises(ValueError, match="unknown schedule 'linear'; valid: none, multistep, cosine, plateau"):
+        get_schedule_spec("linear")
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        unregister_optimizer("rmsprop")
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        unregister_schedule("linear")
+
+
+def test_the_config_checks_names_against_the_registries():
+    with pytest.raises(ValueError, match="optim.optimizer must be one of adam, adamw, sgd, pesg; got 'rmsprop'"):
+        _config(optimizer="rmsprop")
+    with pytest.raises(ValueError, match="optim.schedule must be one of none, multistep, cosine, plateau; got 'step'"):
+        _config(schedule="step")
+
+
+@pytest.fixture
+def rmsprop_and_step():
+    """A third-party optimizer and schedule, registered for one test."""
+
+    @register_optimizer("rmsprop", description="RMSprop (test)")
+    def rmsprop(model, loss, optim):
+        return torch.optim.RMSprop(trainable_parameters(model, loss), lr=optim.lr, momentum=optim.momentum)
+
+    @register_schedule("step", description="x gamma every epoch (test)")
+    def step(optimizer, config):
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.optim.gamma)
+
+    yield
+    unregister_optimizer("rmsprop")
+    unregister_schedule("step")
+
+
+def test_a_registered_optimizer_and_schedule_are_configured_and_built(rmsprop_and_step):
+    config = _config(optimizer="rmsprop", schedule="step", lr=0.1, momentum=0.5, gamma=0.5)
+    model = torch.nn.Linear(3, 2)
+    optimizer = build_optimizer(model, torch.nn.Module(), config.optim)
+    assert type(optimizer) is torch.optim.RMSprop and optimizer.param_groups[0]["momentum"] == 0.5
+    assert isinstance(build_scheduler(optimizer, config), torch.optim.lr_scheduler.StepLR)
+    assert _lrs(config, 3) == pytest.approx([0.1, 0.05, 0.025])
+    assert list_optimizers()[-1] == "rmsprop" and list_schedules()[-1] == "step"
+
+
+def test_an_unregistered_optimizer_is_refused_again(rmsprop_and_step):
+    _config(optimizer="rmsprop")
+    unregister_optimizer("rmsprop")
+    with pytest.raises(ValueError, match="optim.optimizer must be one of adam, adamw, sgd, pesg; got 'rmsprop'"):
+        _config(optimizer="rmsprop")
+    register_optimizer("rmsprop", description="again, for the fixture's unregister")(lambda *args: None)

@@ -156,6 +156,29 @@ def test_correct_priors_doubles_the_shift_when_weights_and_oversampling_both_bal
     torch.testing.assert_close(shift(class_weights="balanced", oversample=True), 2 * prior)
 
 
+def test_correct_priors_refuses_a_model_without_a_classifier_bias_before_training(medmnist_root):
+    from medlens.engine.config import resolve_data
+    from medlens.engine.train import model_and_loss
+    from medlens.models import create_model, register_model
+    from medlens.models.registry import unregister_model
+
+    @register_model("cnn_no_bias", spatial_dims=(2,), description="cnn_small, classifier without bias (test)")
+    def cnn_no_bias(*, in_channels, num_classes, spatial_dims, input_size):
+        model = create_model("cnn_small", in_channels=in_channels, num_classes=num_classes, input_size=input_size)
+        model.fc = torch.nn.Linear(model.fc.in_features, num_classes, bias=False)
+        return model
+
+    try:
+        cfg = _config(data={"spec": "breastmnist", "root": str(medmnist_root), "class_weights": "balanced",
+                            "correct_priors": True}, model={"name": "cnn_no_bias"})
+        with pytest.raises(ValueError) as info:
+            model_and_loss(cfg, resolve_data(cfg.data))
+        assert single_line(info.value) == ("data.correct_priors shifts the classifier bias (get_classifier().bias), "
+                                           "which model 'cnn_no_bias' lacks")
+    finally:
+        unregister_model("cnn_no_bias")
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted(medmnist_root, tmp_path):

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from medlens.models import Autoencoder, ModelSpec, create_model, get_model_spec, list_models, register_model
+from medlens.models.ensemble import Ensemble
 from medlens.models.registry import unregister_model
 
 SIZE = {2: 28, 3: 16}
@@ -101,6 +102,31 @@ def test_reset_classifier(name: str, dims: int) -> None:
         assert model(_input(1, dims)).shape == (BATCH, 5)
     with pytest.raises(ValueError, match="num_classes=0"):
         model.reset_classifier(0)
+
+
+@pytest.mark.parametrize(("name", "dims"), CASES)
+def test_get_classifier_holds_the_bias_of_the_logits(name: str, dims: int) -> None:
+    """Adding s to ``get_classifier().bias`` adds s to every logit row (what prior correction relies on)."""
+    model = _model(name, dims).eval()
+    if isinstance(model, Ensemble):  # no single head: each member has its own
+        with pytest.raises(ValueError, match=r"model 'ensemble' has no single classifier: .*members\[i\]"):
+            model.get_classifier()
+        heads = [member.get_classifier() for member in model.members]
+        assert all(isinstance(head, nn.Linear) and head.out_features == 3 for head in heads)
+        assert len({id(head) for head in heads}) == len(model.members)
+        return
+    head = model.get_classifier()
+    assert isinstance(head, nn.Linear) and head.out_features == 3 and head.bias is not None
+    assert any(param is head.bias for param in model.parameters())
+    x = _input(1, dims)
+    shift = torch.tensor([1.0, -2.0, 0.5])
+    with torch.no_grad():
+        before = model(x)
+        head.bias += shift
+        after = model(x)
+    torch.testing.assert_close(after - before, shift.expand_as(before))
+    model.reset_classifier(5)
+    assert model.get_classifier().out_features == 5 and model.get_classifier() is not head
 
 
 @pytest.mark.parametrize(("name", "dims"), CASES)

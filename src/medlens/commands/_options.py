@@ -1,7 +1,7 @@
 """Options and argument types shared by the commands (standard library only at import).
 
-The commands import this module; it imports nothing of medlens at the top, so building the
-parser stays instant.
+The commands import this module; it imports nothing of medlens at the top, and only torch-free
+modules inside the functions that build the parser, so building it stays instant.
 """
 
 from __future__ import annotations
@@ -106,6 +106,10 @@ def devices(text: str | None):
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
+    # The registries' names, not copies of them; both modules are torch-free (the parser stays instant).
+    from medlens.engine.loss_names import LOSS_NAMES
+    from medlens.engine.optim import list_optimizers, list_schedules
+
     p.add_argument("data", metavar="DATA", nargs="?", help="dataset spec (not with --resume)")
     p.add_argument("--out", help="run folder to create, e.g. runs/breast-cnn")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last finished epoch")
@@ -136,13 +140,13 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--aug", action="append", metavar="KEY=VALUE",
                    help="one strength: hflip, vflip, rotate, shift, zoom, noise, brightness, contrast, mixup (repeatable)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--loss", choices=("auto", "ce", "bce", "focal", "aucm"), help="default: ce, or bce for multi-label")
-    g.add_argument("--optimizer", choices=("adam", "adamw", "sgd", "pesg"), help="default adam; pesg goes with --loss aucm")
+    g.add_argument("--loss", choices=("auto", *LOSS_NAMES), help="default: ce, or bce for multi-label")
+    g.add_argument("--optimizer", choices=list_optimizers(), help="default adam; pesg goes with --loss aucm")
     g.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--momentum", type=float, help="SGD/PESG momentum (default 0.9)")
     g.add_argument("--epoch-decay", type=float, help="PESG proximal weight (default 2e-3)")
-    g.add_argument("--schedule", choices=("none", "multistep", "cosine", "plateau"))
+    g.add_argument("--schedule", choices=list_schedules())
     g.add_argument("--milestones", help="multistep: fractions of the epochs, e.g. 0.5,0.75")
     g.add_argument("--gamma", type=float, help="LR factor of multistep and plateau (default 0.1)")
     g.add_argument("--warmup-epochs", type=int, help="cosine: epochs of linear warm-up")

@@ -9,6 +9,7 @@ def run(args: argparse.Namespace) -> int:
     from medlens._table import format_table
     from medlens.data.download import data_root
     from medlens.data.registry import get_dataset_info, list_datasets
+    from medlens.data.spec import list_sources
 
     root = data_root(args.root)
     names = list_datasets(args.pattern)
@@ -24,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     header = ["name", "dims", "task", "classes", "ch", "sizes", "local", "train/val/test", "licence"]
     print(format_table(header, rows))
     print(f"\nlocal: sizes present in {root} (set by --root, else $MEDLENS_DATA, else ~/.medlens/data)")
-    print("also: folder:PATH (a directory or .zip of class folders) and npz:FILE.npz")
+    local = [f"{source.usage} ({source.description})" for source in list_sources() if source.prefix]
+    print(f"also: {'; '.join(local)}")
     return 0
 
 

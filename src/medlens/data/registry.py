@@ -119,10 +119,10 @@ def get_dataset_info(name: str) -> DatasetInfo:
     """
     key = name.strip().lower()
     if key not in _REGISTRY:
-        raise ValueError(
-            f"unknown dataset {name!r}; valid names: {', '.join(_REGISTRY)}"
-            " (or a local source: folder:PATH, npz:FILE.npz)"
-        )
+        from medlens.data.spec import list_sources  # only here: it loads the sources (numpy)
+
+        local = ", ".join(source.usage for source in list_sources() if source.prefix)
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(_REGISTRY)} (or a local source: {local})")
     return _REGISTRY[key]
 
 

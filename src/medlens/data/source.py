@@ -8,6 +8,10 @@ Specs (source prefix as in timm's ``create_dataset``):
     folder:PATH@128      ... resized to 128 px (default 64)
     npz:FILE.npz         a local file in the MedMNIST layout
 
+Each prefix is a :class:`~medlens.data.spec.DataSource` in the source registry
+(:mod:`medlens.data.spec`, where the three above are registered); their resolvers are the
+``_resolve_*`` functions here, and a new source is one more ``register_source``.
+
 Example:
     >>> from medlens.data import resolve  # doctest: +SKIP
     >>> source = resolve("breastmnist", root="../shared/data/medmnist")  # doctest: +SKIP
@@ -29,6 +33,7 @@ from medlens._io import atomic_path
 from medlens.data.download import cached_md5, data_root, download, verify_md5
 from medlens.data.npz import DEFAULT_MMAP_THRESHOLD, load_npz_arrays
 from medlens.data.registry import SPLITS, DatasetInfo, Task, get_dataset_info, list_datasets
+from medlens.data.spec import ResolveOptions, parse_spec
 from medlens.data.splits import (
     DEFAULT_RATIOS,
     carve_validation,
@@ -37,8 +42,6 @@ from medlens.data.splits import (
     parse_ratios,
     stratified_split,
 )
-
-DEFAULT_FOLDER_SIZE = 64
 
 
 @dataclass
@@ -139,25 +142,6 @@ def load_split_ids(path: str | os.PathLike) -> dict[str, list[str]]:
     return json.loads(Path(path).read_text())["splits"]
 
 
-def parse_spec(spec: str) -> tuple[str, str, int | None]:
-    """``"folder:x.zip@128"`` -> ``("folder", "x.zip", 128)``; kind is medmnist/folder/npz."""
-    text = spec.strip()
-    kind = "medmnist"
-    for prefix in ("folder:", "npz:"):
-        if text.startswith(prefix):
-            kind, text = prefix[:-1], text[len(prefix):]
-    size = None
-    head, sep, tail = text.rpartition("@")
-    if sep and tail.isdigit():
-        text, size = head, int(tail)
-    elif sep and (kind == "medmnist" or not Path(text).exists()):
-        raise ValueError(f"bad size {tail!r} in dataset spec {spec!r}; the size after @ is a whole number "
-                         "of pixels, e.g. breastmnist@64 or folder:images.zip@128")
-    if not text:
-        raise ValueError(f"empty dataset spec {spec!r}; use a name ({', '.join(list_datasets()[:3])}, ...), folder:PATH or npz:FILE")
-    return kind, text, size
-
-
 def resolve(
     spec: str,
     *,
@@ -177,49 +161,59 @@ def resolve(
         spec: see the module docstring.
         root: data root for MedMNIST files (else ``$MEDLENS_DATA``, else ``~/.medlens/data``).
         size: image edge in pixels; must agree with an ``@SIZE`` in the spec when both are
-            given. MedMNIST default 28, folders default 64.
+            given. Default: the source's (MedMNIST 28, folders 64, ``npz:`` the file's own).
         download_missing: download a missing MedMNIST file (else ``FileNotFoundError``).
         verify: check a MedMNIST file's MD5 (once per file version; remembered in the cache).
         seed: seed for splits medlens makes.
         ratios: train/val/test ratios for sources without a split, e.g. ``"0.7/0.15/0.15"``.
-        channels: folders only: force 1 or 3 channels.
-        skip_bad: folders only: skip unreadable files and list them in ``bad_files``.
+        channels: sources that decode images (``folder:``) only: force 1 or 3 channels.
+        skip_bad: sources that decode images only: skip unreadable files and list them in ``bad_files``.
         mmap_threshold: bytes above which MedMNIST arrays are memory-mapped (default 2 GiB).
 
     Raises:
-        ValueError: unknown dataset (valid names listed), unavailable size, bad file contents.
+        ValueError: unknown dataset or source prefix (valid ones listed), unavailable size, bad
+            file contents.
         FileNotFoundError: a missing path, or a missing file with downloading off.
         DownloadError: a failed download or checksum mismatch.
     """
-    kind, target, spec_size = parse_spec(spec)
-    if size is not None and spec_size is not None and size != spec_size:
+    parsed = parse_spec(spec)
+    if size is not None and parsed.size is not None and size != parsed.size:
         raise ValueError(f"size {size} disagrees with the size in dataset spec {spec!r}")
-    size = size if size is not None else spec_size
-    ratios = parse_ratios(ratios)
-    if kind == "folder":
-        return _resolve_folder(target, size=size, seed=seed, ratios=ratios, channels=channels, skip_bad=skip_bad)
-    threshold = DEFAULT_MMAP_THRESHOLD if mmap_threshold is None else mmap_threshold
-    if kind == "npz":
-        path = Path(target).expanduser()
-        arrays = load_npz_arrays(path, mmap_threshold=threshold)
-        info = _npz_info(path, arrays)
-        return _medmnist_source(f"npz:{path}", info, arrays, size, fingerprint=cached_md5(path))
-    info = get_dataset_info(target)
-    size = 28 if size is None else size
+    if size is None:
+        size = parsed.size if parsed.size is not None else parsed.source.default_size
+    options = ResolveOptions(
+        root=root, download_missing=download_missing, verify=verify, seed=seed, ratios=parse_ratios(ratios),
+        channels=channels, skip_bad=skip_bad,
+        mmap_threshold=DEFAULT_MMAP_THRESHOLD if mmap_threshold is None else mmap_threshold,
+    )
+    return parsed.source.resolve(parsed.target, size=size, options=options)
+
+
+def _resolve_medmnist(name: str, *, size: int, options: ResolveOptions) -> Source:
+    """A MedMNIST dataset at ``size`` px from the data root, downloaded if missing (and allowed)."""
+    info = get_dataset_info(name)
     remote = info.file(size)
-    folder = data_root(root)
+    folder = data_root(options.root)
     path = folder / remote.filename
     if not path.exists():
-        if not download_missing:
+        if not options.download_missing:
             raise FileNotFoundError(
                 f"{path} not found; run `medlens fetch {info.name} --size {size}` or download "
                 f"{remote.url} (MD5 {remote.md5}) into {folder}"
             )
         download(remote, folder)
-    elif verify:
+    elif options.verify:
         verify_md5(path, remote.md5, remote.url)
-    arrays = load_npz_arrays(path, mmap_threshold=threshold)
+    arrays = load_npz_arrays(path, mmap_threshold=options.mmap_threshold)
     return _medmnist_source(f"{info.name}@{size}", info, arrays, size, fingerprint=remote.md5)
+
+
+def _resolve_npz(target: str, *, size: int | None, options: ResolveOptions) -> Source:
+    """A local file in the MedMNIST layout; ``size`` None accepts the file's own."""
+    path = Path(target).expanduser()
+    arrays = load_npz_arrays(path, mmap_threshold=options.mmap_threshold)
+    info = _npz_info(path, arrays)
+    return _medmnist_source(f"npz:{path}", info, arrays, size, fingerprint=cached_md5(path))
 
 
 def _npz_info(path: Path, arrays: dict[str, np.ndarray]) -> DatasetInfo:
@@ -314,11 +308,12 @@ def _labels_for_task(labels: np.ndarray, info: DatasetInfo, where: str) -> np.nd
     return labels
 
 
-def _resolve_folder(target: str, *, size, seed, ratios, channels, skip_bad) -> Source:
+def _resolve_folder(target: str, *, size: int, options: ResolveOptions) -> Source:
+    """A directory or ``.zip`` of class folders, decoded at ``size`` px and split (see :func:`_folder_rows`)."""
     from medlens.data.folder import load_folder
 
-    size = DEFAULT_FOLDER_SIZE if size is None else size
-    data = load_folder(target, size=size, channels=channels, skip_bad=skip_bad)
+    seed, ratios = options.seed, options.ratios
+    data = load_folder(target, size=size, channels=options.channels, skip_bad=options.skip_bad)
     groups = data.groups
     rows, method = _folder_rows(data, ratios=ratios, seed=seed, groups=groups)
     images = data.images

@@ -521,6 +521,7 @@ def auto_overrides(data_overrides: dict, budget: str | float, *, say=print, memb
     """
     from dataclasses import replace
 
+    from medlens.data.spec import parse_spec
     from medlens.engine.config import DataConfig, resolve_data
 
     start = time.perf_counter()
@@ -531,7 +532,8 @@ def auto_overrides(data_overrides: dict, budget: str | float, *, say=print, memb
         f"{profile.spatial_dims}D, {profile.n_classes} classes, {profile.task.value}, imbalance "
         f"{profile.imbalance:.1f}; budget {budget_s:.0f} s; probing throughput")
     sizes = [profile.size]
-    if str(data_overrides.get("spec", "")).startswith("folder:") and data_overrides.get("size") is None \
+    spec = parse_spec(data_overrides["spec"])
+    if spec.source.decodes_images and spec.size is None and data_overrides.get("size") is None \
             and profile.size > FALLBACK_SIZE and profile.spatial_dims == 2:
         sizes.append(FALLBACK_SIZE)
     cache: dict[tuple, float] = {}

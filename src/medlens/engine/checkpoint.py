@@ -241,18 +241,45 @@ class ModelCard:
                             spatial_dims=self.spatial_dims, input_size=self.input_size, **self.model_kwargs)
 
 
+def classifier_bias_name(model: torch.nn.Module, architecture: str) -> str:
+    """The state-dict name of the bias of ``model``'s logits (``"fc.bias"``), from ``model.get_classifier()``.
+
+    Args:
+        model: a model of the registry's contract.
+        architecture: its registry name, for the message.
+
+    Returns:
+        The dotted parameter name, a key of ``model.state_dict()``.
+
+    Raises:
+        ValueError: the model has no classifier with a bias (``data.correct_priors`` has nothing
+            to shift), or no single classifier (``ensemble``: its own message).
+    """
+    get_classifier = getattr(model, "get_classifier", None)
+    bias = getattr(get_classifier(), "bias", None) if get_classifier is not None else None
+    if bias is None:
+        raise ValueError(f"data.correct_priors shifts the classifier bias (get_classifier().bias), which model "
+                         f"{architecture!r} lacks")
+    name = next((name for name, param in model.named_parameters() if param is bias), None)
+    assert name is not None, f"{architecture}: get_classifier() returned a layer that is not part of the model"
+    return name
+
+
 def save_model(model: torch.nn.Module, card: ModelCard, path: str | os.PathLike, *,
                logit_shift: torch.Tensor | None = None) -> None:
     """Write ``model``'s weights (``path``, safetensors) and ``card`` (the JSON sidecar).
 
-    ``logit_shift`` (one value per output) is added to the saved classifier bias ``fc.bias``,
-    not to ``model``'s own (``data.correct_priors``: training goes on with the unshifted model).
+    ``logit_shift`` (one value per output) is added to the saved classifier bias (see
+    :func:`classifier_bias_name`), not to ``model``'s own (``data.correct_priors``: training goes
+    on with the unshifted model).
+
+    Raises:
+        ValueError: ``logit_shift`` is given and the model has no classifier bias.
     """
     state = {k: v for k, v in model.state_dict().items()}
     if logit_shift is not None:
-        if "fc.bias" not in state:
-            raise ValueError(f"{card.architecture} has no classifier bias fc.bias to shift (data.correct_priors)")
-        state["fc.bias"] = state["fc.bias"] + logit_shift.to(state["fc.bias"])
+        bias = classifier_bias_name(model, card.architecture)
+        state[bias] = state[bias] + logit_shift.to(state[bias])
     save_state(state, path, extra_json={"card": asdict(card)})
 
 

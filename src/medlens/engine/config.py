@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from medlens.data.augment import AugmentConfig
+from medlens.engine.loss_names import LOSS_NAMES
+from medlens.engine.optim import list_optimizers, list_schedules
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "pesg")
-SCHEDULES = ("none", "multistep", "cosine", "plateau")
 MONITORS = ("val_auc", "val_acc", "val_loss")
 CLASS_WEIGHTS = ("none", "balanced")
 PRETRAIN = ("none", "autoencoder")
-LOSSES = ("auto", "ce", "bce", "focal", "aucm")
+LOSSES = ("auto", *LOSS_NAMES)
 
 
 def _choice(where: str, value: Any, valid: tuple[str, ...]) -> None:
@@ -152,15 +152,16 @@ class OptimConfig:
         loss: ``auto`` (cross-entropy, or BCE for multi-label), ``ce``, ``bce``, ``focal``, ``aucm``.
         focal_gamma: focusing parameter of the focal loss.
         aucm_margin: margin of the AUC-margin loss.
-        optimizer: ``adam``, ``adamw``, ``sgd`` or ``pesg`` (for ``aucm``).
+        optimizer: a registered optimizer (:func:`~medlens.engine.optim.list_optimizers`):
+            ``adam``, ``adamw``, ``sgd`` or ``pesg`` (for ``aucm``).
         lr: learning rate.
         weight_decay: L2 penalty (decoupled for AdamW).
         momentum: SGD / PESG momentum.
         epoch_decay: PESG's proximal regularisation towards the weights of the last stage.
-        schedule: ``none``, ``multistep`` (x ``gamma`` at the ``milestones`` fractions of the
-            epochs; MedMNIST: 0.1 at 50% and 75%), ``cosine`` (after ``warmup_epochs`` of linear
-            warm-up) or ``plateau`` (x ``gamma`` when the monitored metric stalls ``plateau_patience``
-            epochs).
+        schedule: a registered schedule (:func:`~medlens.engine.optim.list_schedules`): ``none``,
+            ``multistep`` (x ``gamma`` at the ``milestones`` fractions of the epochs; MedMNIST:
+            0.1 at 50% and 75%), ``cosine`` (after ``warmup_epochs`` of linear warm-up) or
+            ``plateau`` (x ``gamma`` when the monitored metric stalls ``plateau_patience`` epochs).
         grad_clip: clip the gradient norm to this value (None: no clipping).
     """
 
@@ -181,8 +182,8 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         _choice("optim.loss", self.loss, LOSSES)
-        _choice("optim.optimizer", self.optimizer, OPTIMIZERS)
-        _choice("optim.schedule", self.schedule, SCHEDULES)
+        _choice("optim.optimizer", self.optimizer, tuple(list_optimizers()))
+        _choice("optim.schedule", self.schedule, tuple(list_schedules()))
         _at_least("optim.lr", self.lr, 0.0, strict=True)
         for name in ("weight_decay", "momentum", "epoch_decay", "focal_gamma"):
             _at_least(f"optim.{name}", getattr(self, name), 0.0)

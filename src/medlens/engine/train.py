@@ -320,6 +320,7 @@ def start_or_check(cfg: RunConfig, run_dir: Path, source, *, resume: bool, write
 
 def model_and_loss(cfg: RunConfig, source):
     """The untrained model and the loss of a run: every bad model, option or loss fails here, first."""
+    from medlens.engine.checkpoint import classifier_bias_name
     from medlens.engine.losses import create_loss, default_loss
     from medlens.models import create_model
 
@@ -347,9 +348,7 @@ def model_and_loss(cfg: RunConfig, source):
         if loss_name != "ce":
             raise ValueError(f"data.correct_priors maps softmax probabilities back to the training priors: it needs "
                              f"loss ce; got {loss_name!r}")
-        if getattr(getattr(model, "fc", None), "bias", None) is None:
-            raise ValueError(f"data.correct_priors shifts the classifier bias fc.bias, which model "
-                             f"{cfg.model.name!r} lacks")
+        classifier_bias_name(model, cfg.model.name)  # a model without one fails here, before training
         # Balanced training fits p(k|x) / prior_k (up to a constant); adding log prior_k to the
         # logits gives back p(k|x). Class weights and oversampling together divide by prior_k
         # twice (each alone balances), so the shift doubles. An empty class counts 1, not log 0.

@@ -122,12 +122,13 @@ def evaluate_run(run: str | Path, *, split: str = "test", data: str | None = Non
 
 def _other_source(spec: str, data_cfg, card):
     """Resolve ``--data`` at the model's size and channels and check it has the model's classes."""
-    from medlens.data.source import parse_spec, resolve
+    from medlens.data.source import resolve
+    from medlens.data.spec import parse_spec
 
     # A spec with its own size (breastmnist@64) loads that file and is resized to the model's input.
-    own_size = parse_spec(spec)[2]
-    source = resolve(spec, root=data_cfg.root, size=own_size or card.input_size, seed=data_cfg.split_seed,
-                     ratios=data_cfg.ratios, channels=card.in_channels if spec.startswith("folder:") else None)
+    parsed = parse_spec(spec)
+    source = resolve(spec, root=data_cfg.root, size=parsed.size or card.input_size, seed=data_cfg.split_seed,
+                     ratios=data_cfg.ratios, channels=card.in_channels if parsed.source.decodes_images else None)
     names, task = list(source.info.class_names), source.info.task.value
     if names != list(card.class_names) or task != card.task:
         raise ValueError(f"--data {spec} has classes {names} ({task}); the model was trained on "

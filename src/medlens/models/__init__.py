@@ -5,8 +5,10 @@ Importing this package imports torch and MONAI and registers every family (``cnn
 
 Every model from :func:`create_model` takes a normalised float input ``(B, C, H, W)`` or
 ``(B, C, D, H, W)`` and has ``forward(x) -> (B, K)`` logits, ``forward_features(x) -> (B, F, *s)``,
-``forward_head(features) -> (B, K)``, ``reset_classifier(num_classes)``, ``num_features`` (F)
-and ``gradcam_layer`` (a dotted name for ``model.get_submodule``).
+``forward_head(features) -> (B, K)``, ``get_classifier()`` (the final ``nn.Linear``, whose bias
+is the logits' bias; an ensemble refuses, its members each have one),
+``reset_classifier(num_classes)``, ``num_features`` (F) and ``gradcam_layer`` (a dotted name for
+``model.get_submodule``).
 
 Example:
     >>> import torch

@@ -24,6 +24,10 @@ class PooledHead:
         """``(B, C, *S) -> (B, K)`` logits."""
         return self.forward_head(self.forward_features(x))
 
+    def get_classifier(self) -> nn.Linear:
+        """The final ``Linear(num_features, K)``, ``fc``: its bias is the bias of the logits."""
+        return self.fc
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replace ``fc`` by a fresh ``Linear(num_features, num_classes)``."""
         self.fc = nn.Linear(self.num_features, check_num_classes(num_classes))

@@ -2,8 +2,8 @@
 
 The encoder is the classifier itself, shared and not copied: train the :class:`Autoencoder` on a
 reconstruction loss, then keep training (fine-tune) the same ``model`` object as a classifier;
-its feature layers already hold the pretrained weights. The classifier's head (``fc`` and, for
-the ``cnn_*`` models, the hidden dense layer) gets no gradient during pretraining; optimisers
+its feature layers already hold the pretrained weights. The classifier's head (``get_classifier()``
+and, for the ``cnn_*`` models, the hidden dense layer) gets no gradient during pretraining; optimisers
 skip parameters whose ``.grad`` is ``None``, so ``torch.optim.Adam(autoencoder.parameters())``
 is fine.
 """

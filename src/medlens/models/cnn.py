@@ -106,6 +106,10 @@ class PlainCNN(nn.Module):
         """``(B, C, S, S) -> (B, K)`` logits."""
         return self.forward_head(self.forward_features(x))
 
+    def get_classifier(self) -> nn.Linear:
+        """The last dense layer ``Linear(hidden, K)``, ``fc``: its bias is the bias of the logits."""
+        return self.fc
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the last dense layer by a fresh one with ``num_classes`` outputs."""
         self.fc = nn.Linear(self.fc.in_features, check_num_classes(num_classes))

@@ -15,7 +15,8 @@ keeps an over-confident member from outvoting the others.
 
 The registry's contract holds: ``forward_features`` is the members' feature maps concatenated
 along the channel axis (same architecture, so same spatial shape), ``forward_head`` splits them
-back and combines the heads' outputs. ``gradcam_layers`` names every member's Grad-CAM layer, and
+back and combines the heads' outputs; ``get_classifier()`` refuses (there is no single head: each
+member's ``get_classifier()`` is its own). ``gradcam_layers`` names every member's Grad-CAM layer, and
 :func:`medlens.explain.gradcam.gradcam` sums their maps of the combined output (``gradcam_layer``,
 the single-layer contract, is member 0's).
 
@@ -70,6 +71,20 @@ class Ensemble(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, *S) -> (B, classes)`` combined logits."""
         return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        """Refused: an ensemble has no single classifier; each member has its own.
+
+        The combined logits average the members' probabilities, so no one bias shifts them: a
+        change to the class mix (prior correction) goes into each member's classifier
+        (``members[i].get_classifier()``) before they are combined, as ``train.members`` does.
+
+        Raises:
+            ValueError: always; the message names the members' classifiers.
+        """
+        raise ValueError(f"model 'ensemble' has no single classifier: its logits combine the probabilities of its "
+                         f"{len(self.members)} members, each with its own (members[i].get_classifier()); shift "
+                         f"a member's classifier bias before the members are combined")
 
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh classifier in every member."""

@@ -14,6 +14,8 @@ option names against the builder's signature before calling it, so every mistake
 
 Every registered model follows one contract (timm's): ``forward(x) -> logits (B, K)``,
 ``forward_features(x) -> (B, F, *spatial)``, ``forward_head(features) -> (B, K)``,
+``get_classifier()`` (the final layer, whose bias is the logits' bias; timm's name; a model
+without a single one, the ensemble, raises ``ValueError``),
 ``reset_classifier(num_classes)``, attributes ``num_features`` (F) and ``gradcam_layer`` (a dotted
 module name for ``model.get_submodule``).
 

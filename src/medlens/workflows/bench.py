@@ -209,15 +209,15 @@ def bench(datasets: list[str], *, budget_s: float, budget_3d_s: float, seeds: in
     Returns:
         ``{"date", "records": [...], "rows": [...]}`` as written to ``bench-<date>.json``.
     """
-    from medlens.data.registry import get_dataset_info
+    from medlens.data.spec import parse_spec
 
     if seeds < 1:
         raise ValueError(f"--seeds must be at least 1; got {seeds}")
     records = []
     for name in datasets:
         spec = dataset_spec(name, folder_root)
-        is_3d = name not in FOLDER_DATASETS and not name.startswith("folder:") and \
-            get_dataset_info(name.split("@")[0]).spatial_dims == 3
+        info = parse_spec(spec).known_info()  # None for data whose facts only loading tells (folders)
+        is_3d = info is not None and info.spatial_dims == 3
         for seed in range(seeds):
             records.append(run_one(name, spec, seed, budget_3d_s if is_3d else budget_s, Path(work), say=say))
     rows = summarise(records)
