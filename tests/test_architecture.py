@@ -64,6 +64,8 @@ def _imports(path: Path, *, top_level_only: bool) -> list[tuple[int, str]]:
             node = stack.pop()
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 continue
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue  # read by type checkers only, never run: no circle at import time
             nodes.append(node)
             for field in ("body", "orelse", "finalbody", "handlers"):
                 stack.extend(getattr(node, field, []) or [])
