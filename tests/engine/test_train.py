@@ -169,7 +169,7 @@ def test_correct_priors_refuses_a_model_without_a_classifier_bias_before_trainin
         return model
 
     try:
-        cfg = _config(data={"spec": "breastmnist", "root": str(medmnist_root), "class_weights": "balanced",
+        cfg = quick_config(data={"spec": "breastmnist", "root": str(medmnist_root), "class_weights": "balanced",
                             "correct_priors": True}, model={"name": "cnn_no_bias"})
         with pytest.raises(ValueError) as info:
             model_and_loss(cfg, resolve_data(cfg.data))
