@@ -1,0 +1,151 @@
+"""RunFolder: every path of the layout, construction from a checkpoint, and the data-root precedence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medlens import _io
+from medlens.engine.run_folder import RunFolder, sidecar, weights_file
+
+
+def test_every_path_of_the_layout():
+    run = RunFolder("runs/breast")
+    expected = {
+        "config": "config.yaml", "splits": "splits.json", "history": "history.csv",
+        "pretrain_history": "pretrain.csv", "log": "train.log", "tracking_state": "tracking.json",
+        "auto_plan": "auto.json", "metrics": "metrics.json", "bench_record": "bench.json",
+        "checkpoints": "checkpoints", "best": "checkpoints/best.safetensors", "best_card": "checkpoints/best.json",
+        "last": "checkpoints/last.safetensors", "last_card": "checkpoints/last.json",
+        "resume_state": "checkpoints/resume.safetensors", "resume_card": "checkpoints/resume.json",
+        "weights": "checkpoints/best.safetensors", "members_dir": "members", "export_dir": "export",
+        "onnx": "export/model.onnx", "onnx_card": "export/model.json", "report": "report.html",
+        "figures": "figures", "group": "group.json",
+    }
+    for name, relative in expected.items():
+        assert getattr(run, name) == Path("runs/breast") / relative, name
+    assert run.checkpoint("last") == run.last
+    assert run.eval_dir("test") == Path("runs/breast/eval/test")
+    assert run.eval_metrics("val") == Path("runs/breast/eval/val/metrics.json")
+    assert run.eval_predictions("test", "site_b") == Path("runs/breast/eval/test@site_b/predictions.csv")
+    assert run.summary("cv") == Path("runs/breast/cv_summary.json")
+    assert run.summary("seeds") == Path("runs/breast/seeds_summary.json")
+    with pytest.raises(ValueError, match="group kind must be one of cv, seeds; got 'folds'"):
+        run.summary("folds")
+    # The MLflow store is shared by every run in the folder holding the run.
+    assert (run.tracking_db, run.tracking_artifacts) == (Path("runs/mlflow.db"), Path("runs/mlflow-artifacts"))
+
+
+def test_members_and_their_ensemble():
+    ensemble = RunFolder("runs/ens")
+    member = ensemble.member(2)
+    assert member == RunFolder("runs/ens/members/m2")
+    assert member.best == Path("runs/ens/members/m2/checkpoints/best.safetensors")
+    assert member.ensemble == ensemble
+    assert ensemble.ensemble is None
+
+
+def test_checkpoint_file_names():
+    assert sidecar("a/best.safetensors") == Path("a/best.json")
+    assert sidecar("a/export/model.onnx") == Path("a/export/model.json")
+    for name in ("a/best.json", "a/best", "a/best.safetensors"):
+        assert weights_file(name) == Path("a/best.safetensors")
+
+
+def test_construction_from_a_folder_or_a_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    assert RunFolder.of(run) == RunFolder(run)
+    assert RunFolder.of(run).weights == run / "checkpoints" / "best.safetensors"
+    for name in ("last.safetensors", "last.json"):  # inside checkpoints/: the folder above it
+        located = RunFolder.of(run / "checkpoints" / name)
+        assert located.path == run and located.weights == run / "checkpoints" / "last.safetensors"
+        assert located.onnx == run / "export" / "model.onnx"
+    kept = RunFolder.of(tmp_path / "models" / "breast.json")  # kept elsewhere: the folder holding it
+    assert kept.path == tmp_path / "models" and kept.weights == tmp_path / "models" / "breast.safetensors"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert RunFolder.of("~/run").path == run
+    with pytest.raises(ValueError, match=r"model\.pt is neither a run folder nor a checkpoint "
+                                         r"\(\.safetensors or \.json\)"):
+        RunFolder.of(tmp_path / "model.pt")
+
+
+def test_states_read_from_disk(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    assert not (run.is_run or run.is_finished or run.is_group)
+    run.path.mkdir()
+    run.config.write_text("data: {}\n")
+    assert run.is_run and not run.is_finished
+    with pytest.raises(FileNotFoundError, match="is not a finished run: metrics.json is missing"):
+        run.read_metrics()
+    run.group.write_text("{}")
+    assert run.is_group
+
+
+@pytest.mark.parametrize("text", [
+    '{"test": {"auc": null, "acc": 0.5}, "best_epoch": [1, 2], "seconds": 3.0}\n',  # write_json: NaN as null
+    '{"test": {"auc": NaN, "acc": 0.5}, "best_epoch": [1, 2], "seconds": 3.0}',  # files from before
+])
+def test_read_metrics_gives_nan_for_null_and_for_old_bare_nan(tmp_path, text):
+    run = RunFolder(tmp_path)
+    run.metrics.write_text(text)
+    metrics = run.read_metrics()
+    assert metrics["test"]["auc"] != metrics["test"]["auc"]  # NaN
+    assert (metrics["test"]["acc"], metrics["best_epoch"], metrics["seconds"]) == (0.5, [1, 2], 3.0)
+
+
+def test_write_json_and_read_metrics_round_trip_nan(tmp_path):
+    run = RunFolder(tmp_path)
+    _io.write_json(run.metrics, {"val": {"auc": float("nan")}, "n": 3})
+    assert "NaN" not in run.metrics.read_text() and "null" in run.metrics.read_text()
+    assert run.read_metrics()["val"]["auc"] != run.read_metrics()["val"]["auc"]
+
+
+# ----------------------------------------------------------------------------- the data root
+
+
+@pytest.fixture
+def places(tmp_path, monkeypatch):
+    """Four data folders that exist, one per level of the precedence; $MEDLENS_DATA and HOME point at theirs."""
+    folders = {name: tmp_path / name for name in ("explicit", "stored", "env", "home")}
+    for folder in folders.values():
+        folder.mkdir()
+    monkeypatch.setenv("MEDLENS_DATA", str(folders["env"]))
+    monkeypatch.setenv("HOME", str(folders["home"]))
+    return folders
+
+
+def _run_trained_with(tmp_path: Path, root) -> RunFolder:
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir(exist_ok=True)
+    run.config.write_text(yaml.safe_dump({"data": {"spec": "breastmnist", "root": None if root is None else str(root)}}))
+    return run
+
+
+def test_data_root_precedence_explicit_then_stored_then_env_then_home(places, tmp_path, monkeypatch):
+    run = _run_trained_with(tmp_path, places["stored"])
+    assert run.data_root(places["explicit"]) == places["explicit"]
+    assert run.data_root(str(places["explicit"])) == places["explicit"]
+    assert run.data_root() == places["stored"]  # read from config.yaml
+    # A config the caller holds already (a model card's) is used instead of config.yaml.
+    assert run.data_root(config={"data": {"root": str(places["explicit"])}}) == places["explicit"]
+    run_without_root = _run_trained_with(tmp_path, None)
+    assert run_without_root.data_root() == places["env"]
+    monkeypatch.delenv("MEDLENS_DATA")
+    assert run_without_root.data_root() == places["home"] / ".medlens" / "data"
+
+
+def test_data_root_passes_over_a_stored_root_missing_on_this_machine(places, tmp_path):
+    # A run copied from another machine: its training root is not here, so $MEDLENS_DATA is used.
+    run = _run_trained_with(tmp_path, tmp_path / "elsewhere" / "medmnist")
+    assert run.data_root() == places["env"]
+    assert run.data_root(places["explicit"]) == places["explicit"]
+
+
+def test_data_root_of_a_folder_without_config(places, tmp_path):
+    bare = RunFolder(tmp_path / "models")
+    assert bare.data_root() == places["env"]
+    assert bare.data_root(config={"data": {"root": str(places["stored"])}}) == places["stored"]
+    assert bare.data_root(config={}) == places["env"]
