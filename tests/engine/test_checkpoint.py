@@ -24,9 +24,9 @@ from medlens.engine.checkpoint import (
     safetensors_checkpoint_io,
     save_model,
     save_state,
-    sidecar,
 )
 from medlens.engine.optim import WarmupCosine
+from medlens.engine.run_folder import sidecar
 from helpers import single_line
 
 

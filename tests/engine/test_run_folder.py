@@ -1,7 +1,10 @@
-"""RunFolder: every path of the layout, construction from a checkpoint, and the data-root precedence."""
+"""RunFolder: every path of the layout, construction from a checkpoint, the data-root precedence,
+and no layout name spelled anywhere else in the package."""
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,8 @@ import yaml
 
 from medlens import _io
 from medlens.engine.run_folder import RunFolder, sidecar, weights_file
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "medlens"
 
 
 def test_every_path_of_the_layout():
@@ -149,3 +154,81 @@ def test_data_root_of_a_folder_without_config(places, tmp_path):
     assert bare.data_root() == places["env"]
     assert bare.data_root(config={"data": {"root": str(places["stored"])}}) == places["stored"]
     assert bare.data_root(config={}) == places["env"]
+
+
+# ----------------------------------------------------------------------------- nothing else spells the layout
+
+LAYOUT_FILES = ("config.yaml", "splits.json", "history.csv", "pretrain.csv", "train.log", "tracking.json",
+                "auto.json", "metrics.json", "bench.json", "best.safetensors", "best.json", "last.safetensors",
+                "last.json", "resume.safetensors", "resume.json", "model.onnx", "model.json", "predictions.csv",
+                "report.html", "group.json", "cv_summary.json", "seeds_summary.json", "mlflow.db")
+LAYOUT_DIRS = ("checkpoints", "members", "eval", "export", "figures", "mlflow-artifacts")
+# A string that is a path into a run folder: one ending in a layout file name (or any summary or
+# .safetensors file), or one starting with a layout folder.
+_PATH_LIKE = re.compile(
+    r"(?:^|/)(?:" + "|".join(map(re.escape, LAYOUT_FILES)) + r")$|_summary\.json$|\.safetensors$"
+    r"|^(?:" + "|".join(map(re.escape, LAYOUT_DIRS)) + r")/")
+_PATH_CALLS = ("Path", "joinpath", "with_name", "with_stem", "with_suffix", "glob", "rglob")
+
+
+def _in_path_context(node: ast.AST, parents: dict) -> bool:
+    """Whether a string node builds or tests a path: ``x / "s"``, ``p.name == "s"``, ``Path("s")``, ..."""
+    parent = parents.get(node)
+    if isinstance(parent, ast.JoinedStr):
+        node, parent = parent, parents.get(parent)
+    if isinstance(parent, ast.BinOp) and isinstance(parent.op, ast.Div):
+        return True
+    if isinstance(parent, ast.Compare):
+        return True
+    if isinstance(parent, ast.Call) and node in parent.args:
+        func = parent.func
+        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        return name in _PATH_CALLS
+    return False
+
+
+def layout_literals(source: str) -> list[tuple[int, str]]:
+    """``(line, string)`` of every string literal in ``source`` that spells a run-folder path.
+
+    Docstrings and other bare string statements are documentation and are not looked at. A
+    layout folder name counts only where it builds or tests a path: ``"members"`` as a JSON key
+    and ``"export"`` as a command name are other things of the same name.
+    """
+    tree = ast.parse(source)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    documentation = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Constant) and isinstance(node.value, str)) or id(node) in documentation:
+            continue
+        text = node.value
+        if _PATH_LIKE.search(text) or (text in LAYOUT_DIRS and _in_path_context(node, parents)):
+            found.append((node.lineno, node.col_offset, text))
+    return [(line, text) for line, _, text in sorted(found)]
+
+
+def test_the_layout_check_finds_what_it_should_and_only_that():
+    spelled = '''
+def f(run, d, i, kind, p):
+    """The docstring may name checkpoints/best.safetensors and metrics.json."""
+    a = run / "checkpoints" / "best.safetensors"
+    b = run / "members" / f"m{i}"
+    c = f"members/{d.name}"
+    e = run.parent / f"{kind}_summary.json"
+    g = p.parent.name == "members"
+    h = Path("export")
+    j = ["metrics.json", 'mlflow.db']
+    return d["members"], d.get("eval"), add_parser("export"), {"members": 2}, "figures"
+'''
+    found = [text for _, text in layout_literals(spelled)]
+    assert found == ["checkpoints", "best.safetensors", "members", "members/", "_summary.json", "members", "export",
+                     "metrics.json", "mlflow.db"]
+
+
+def test_no_layout_name_is_spelled_outside_run_folder_py():
+    files = sorted(SRC.rglob("*.py"))
+    assert len(files) > 50  # the walk sees the package
+    offenders = [f"{path.relative_to(SRC)}:{line}: {text!r}"
+                 for path in files if path != SRC / "engine" / "run_folder.py"
+                 for line, text in layout_literals(path.read_text())]
+    assert offenders == [], "use medlens.engine.run_folder.RunFolder for these paths:\n" + "\n".join(offenders)

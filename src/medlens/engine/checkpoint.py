@@ -38,14 +38,10 @@ import numpy as np
 import torch
 
 from medlens._io import atomic_path
+from medlens.engine.run_folder import CARD_SUFFIX, RunFolder, sidecar, weights_file
 
 TAG = "__medlens_type__"
 CARD_VERSION = 1
-
-
-def sidecar(path: str | os.PathLike) -> Path:
-    """The JSON beside a ``.safetensors`` file."""
-    return Path(path).with_suffix(".json")
 
 
 def _encode(value: Any, where: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -137,8 +133,8 @@ def read_sidecar(path: str | os.PathLike) -> dict:
     from safetensors import safe_open
 
     path = Path(path)
-    if path.suffix == ".json":
-        path = path.with_suffix(".safetensors")
+    if path.suffix == CARD_SUFFIX:
+        path = weights_file(path)
     side = sidecar(path)
     for needed in (path, side):
         if not needed.is_file():
@@ -163,7 +159,7 @@ def load_state(path: str | os.PathLike) -> dict:
     from safetensors.torch import load_file
 
     document = read_sidecar(path)
-    tensors = load_file(str(Path(path).with_suffix(".safetensors")))
+    tensors = load_file(str(weights_file(path)))
     return _decode(document["state"], tensors)
 
 
@@ -174,13 +170,13 @@ def _lightning_checkpoint_io():
         """Lightning checkpoint plugin that writes safetensors + JSON instead of a pickle."""
 
         def save_checkpoint(self, checkpoint, path, storage_options=None):
-            save_state(checkpoint, Path(path).with_suffix(".safetensors"))
+            save_state(checkpoint, weights_file(path))
 
         def load_checkpoint(self, path, map_location=None, weights_only=None):
-            return load_state(Path(path).with_suffix(".safetensors"))
+            return load_state(weights_file(path))
 
         def remove_checkpoint(self, path):
-            for file in (Path(path).with_suffix(".safetensors"), sidecar(Path(path).with_suffix(".safetensors"))):
+            for file in (weights_file(path), sidecar(weights_file(path))):
                 file.unlink(missing_ok=True)
 
     return SafetensorsCheckpointIO
@@ -278,9 +274,7 @@ def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, ModelCard]:
         ValueError: a damaged checkpoint or one that is not a model.
     """
     path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoints" / "best.safetensors"
-    path = path.with_suffix(".safetensors")
+    path = RunFolder(path).best if path.is_dir() else weights_file(path)
     card = load_card(path)
     model = card.build()
     model.load_state_dict(load_state(path))

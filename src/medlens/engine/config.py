@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from medlens.data.augment import AugmentConfig
+from medlens.engine.run_folder import RunFolder
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "pesg")
 SCHEDULES = ("none", "multistep", "cosine", "plateau")
@@ -418,7 +419,7 @@ def write_yaml(config: RunConfig, path: str | Path) -> None:
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
     """The resolved config of a run folder (its ``config.yaml``)."""
-    path = Path(run_dir) / "config.yaml"
+    path = RunFolder(run_dir).config
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a medlens run folder: {path.name} is missing")
     return config_from_dict(read_yaml(path))

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from medlens._io import atomic_path, file_sha256
-from medlens.serve.predictor import _checkpoint_path, _onnx_session, onnx_paths
+from medlens.engine.run_folder import RunFolder, sidecar
+from medlens.serve.predictor import _onnx_session
 
 OPSET = 18
 INPUT_NAME = "images"
@@ -135,8 +136,9 @@ def export_onnx(
 
     if isinstance(n_verify, bool) or not isinstance(n_verify, int) or n_verify < 1:
         raise ValueError(f"n_verify must be an integer >= 1, got {n_verify!r}")
-    weights = _checkpoint_path(run)
-    onnx_file, card_file = onnx_paths(run) if out is None else (Path(out), Path(out).with_suffix(".json"))
+    folder = RunFolder.of(run)
+    weights = folder.weights
+    onnx_file, card_file = (folder.onnx, folder.onnx_card) if out is None else (Path(out), sidecar(out))
     if onnx_file.suffix != ".onnx":
         raise ValueError(f"the export must be a .onnx file, got {onnx_file}")
     weights_sha256 = file_sha256(weights)  # before loading: the hash names exactly the weights exported
