@@ -69,7 +69,9 @@ def evaluate_run(run: str | Path, *, split: str = "test", data: str | None = Non
         run: a run folder written by ``medlens train``.
         split: ``test`` (default), ``val`` or ``train``.
         data: another dataset spec with the same classes (default: the run's own data and split).
-        root: MedMNIST data folder (default: the run's, else ``$MEDLENS_DATA``).
+        root: MedMNIST data folder (default: the run's own when it exists here, else
+            ``$MEDLENS_DATA``, else ``~/.medlens/data``: :meth:`RunFolder.data_root
+            <medlens.engine.run_folder.RunFolder.data_root>`).
         n_bootstrap: bootstrap resamples for the confidence intervals (0: none).
         seed: seed of the bootstrap.
         batch_size: images per forward pass.
@@ -97,7 +99,7 @@ def evaluate_run(run: str | Path, *, split: str = "test", data: str | None = Non
         raise FileNotFoundError(f"{run_dir} is not a finished medlens run folder: {checkpoint} is missing")
     model, card = load_model(checkpoint)
     config = load_run_config(run_dir)
-    data_cfg = config.data if root is None else replace(config.data, root=root)
+    data_cfg = replace(config.data, root=str(layout.data_root(root, config=config.to_dict())))
     source = resolve_data(data_cfg) if data is None else _other_source(data, data_cfg, card)
     data_name = None if data is None else _slug(source.spec)
     task = Task(card.task)

@@ -82,16 +82,17 @@ def _export(graph: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
         registration.setLevel(level)
 
 
-def _test_images(card, *, root: str | os.PathLike | None, limit: int) -> np.ndarray:
+def _test_images(card, folder: RunFolder, *, root: str | os.PathLike | None, limit: int) -> np.ndarray:
     """Up to ``limit`` uint8 test images of the model's own dataset (spec and split settings of the card)."""
     from medlens.data.source import resolve
 
     spec = card.dataset.get("spec")
     if not spec:
         raise ValueError("the model card names no dataset (card.dataset['spec']); cannot verify the export")
-    data = card.config.get("data", {}) if isinstance(card.config, dict) else {}
-    # $MEDLENS_DATA (where the data is on this machine) before the root the run was trained with.
-    root = root if root is not None else (os.environ.get("MEDLENS_DATA") or data.get("root"))
+    config = card.config if isinstance(card.config, dict) else {}
+    data = config.get("data", {})
+    # The card's config is the run's: a checkpoint kept outside its run folder finds its data too.
+    root = folder.data_root(root, config=config)
     try:
         source = resolve(spec, root=root, download_missing=False, seed=data.get("split_seed", 0),
                          ratios=data.get("ratios", "0.8/0.1/0.1"), channels=data.get("channels"))
@@ -118,8 +119,9 @@ def export_onnx(
         run: a run folder (its ``checkpoints/best``) or a ``.safetensors`` / ``.json`` checkpoint.
         out: the ``.onnx`` file to write; default ``RUN/export/model.onnx``. The card is written
             beside it with the suffix ``.json``.
-        root: data root for the verification images (MedMNIST specs); default ``$MEDLENS_DATA``,
-            else the run's ``data.root``, else ``~/.medlens/data``.
+        root: data root for the verification images (MedMNIST specs); default the run's
+            ``data.root`` when it exists here, else ``$MEDLENS_DATA``, else ``~/.medlens/data``
+            (:meth:`RunFolder.data_root <medlens.engine.run_folder.RunFolder.data_root>`).
         n_verify: how many test images (the first ones) to compare on, >= 1. Default 256.
         atol: largest allowed absolute difference between torch and ONNX Runtime probabilities.
 
@@ -146,7 +148,7 @@ def export_onnx(
     task = Task(card.task)
     graph = _InferenceGraph(model, card.normalisation["mean"], card.normalisation["std"],
                             spatial_dims=card.spatial_dims, multilabel=task.is_multilabel).eval()
-    images = _test_images(card, root=root, limit=n_verify)
+    images = _test_images(card, folder, root=root, limit=n_verify)
     with torch.inference_mode():
         expected = graph(torch.from_numpy(images)).numpy()
     with atomic_path(onnx_file) as tmp:
