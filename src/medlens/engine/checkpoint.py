@@ -156,11 +156,14 @@ def read_sidecar(path: str | os.PathLike) -> dict:
 
 def load_state(path: str | os.PathLike) -> dict:
     """Read back what :func:`save_state` wrote."""
+    return _state_of(read_sidecar(path), path)
+
+
+def _state_of(document: dict, path: str | os.PathLike) -> dict:
+    """The state of a checkpoint whose sidecar ``document`` was read already: its tensors from ``path``."""
     from safetensors.torch import load_file
 
-    document = read_sidecar(path)
-    tensors = load_file(str(weights_file(path)))
-    return _decode(document["state"], tensors)
+    return _decode(document["state"], load_file(str(weights_file(path))))
 
 
 def _lightning_checkpoint_io():
@@ -254,7 +257,11 @@ def save_model(model: torch.nn.Module, card: ModelCard, path: str | os.PathLike,
 
 def load_card(path: str | os.PathLike) -> ModelCard:
     """The :class:`ModelCard` of a model checkpoint (``.safetensors`` or its ``.json``)."""
-    document = read_sidecar(path)
+    return _card_of(read_sidecar(path), path)
+
+
+def _card_of(document: dict, path: str | os.PathLike) -> ModelCard:
+    """The card in a checkpoint's sidecar ``document`` (read from ``path``)."""
     if "card" not in document:
         raise ValueError(f"{path} holds a training state, not a model: use checkpoints/best or last")
     return ModelCard.from_dict(document["card"])
@@ -275,8 +282,9 @@ def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, ModelCard]:
     """
     path = Path(path)
     path = RunFolder(path).best if path.is_dir() else weights_file(path)
-    card = load_card(path)
+    document = read_sidecar(path)  # once: the card and the state are both in it
+    card = _card_of(document, path)
     model = card.build()
-    model.load_state_dict(load_state(path))
+    model.load_state_dict(_state_of(document, path))
     model.eval()
     return model, card
