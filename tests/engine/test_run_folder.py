@@ -1,9 +1,11 @@
 """RunFolder: every path of the layout, construction from a checkpoint, the data-root precedence,
-and no layout name spelled anywhere else in the package."""
+the weights hashed once, and no layout name spelled anywhere else in the package."""
 
 from __future__ import annotations
 
 import ast
+import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 import yaml
 
 from medlens import _io
+from medlens._io import file_sha256
 from medlens.engine.run_folder import RunFolder, sidecar, weights_file
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "medlens"
@@ -154,6 +157,43 @@ def test_data_root_of_a_folder_without_config(places, tmp_path):
     assert bare.data_root() == places["env"]
     assert bare.data_root(config={"data": {"root": str(places["stored"])}}) == places["stored"]
     assert bare.data_root(config={}) == places["env"]
+
+
+# ----------------------------------------------------------------------------- hashing
+
+
+def test_file_sha256_hashes_each_version_of_a_file_once(tmp_path, monkeypatch):
+    hashed = []
+    real = _io._hash_contents
+    monkeypatch.setattr(_io, "_SHA256_CACHE", {})
+    monkeypatch.setattr(_io, "_hash_contents", lambda path: hashed.append(Path(path)) or real(path))
+    weights = tmp_path / "best.safetensors"
+    weights.write_bytes(b"weights v1")
+    first = file_sha256(weights)
+    assert first == hashlib.sha256(b"weights v1").hexdigest()
+    assert file_sha256(weights) == first and file_sha256(str(weights)) == first
+    assert hashed == [weights]
+    # A new version (an atomic rewrite, as every medlens write is): hashed again, never the old answer.
+    with _io.atomic_path(weights) as tmp:
+        tmp.write_bytes(b"weights v2")
+    assert file_sha256(weights) == hashlib.sha256(b"weights v2").hexdigest()
+    assert len(hashed) == 2
+    # Same size rewritten in place: the modification time tells it apart.
+    stat = weights.stat()
+    weights.write_bytes(b"weights v3")
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert file_sha256(weights) == hashlib.sha256(b"weights v3").hexdigest()
+    assert len(hashed) == 3
+
+
+def test_file_sha256_cache_stays_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(_io, "_SHA256_CACHE", {})
+    monkeypatch.setattr(_io, "_SHA256_CACHE_SIZE", 3)
+    for i in range(5):
+        (tmp_path / f"{i}.bin").write_bytes(bytes([i]))
+        file_sha256(tmp_path / f"{i}.bin")
+    assert len(_io._SHA256_CACHE) == 3
+    assert [key[0] for key in _io._SHA256_CACHE] == [os.path.realpath(tmp_path / f"{i}.bin") for i in (2, 3, 4)]
 
 
 # ----------------------------------------------------------------------------- nothing else spells the layout
