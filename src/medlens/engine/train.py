@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medlens._io import atomic_path
+from medlens._io import write_json
 from medlens.engine.config import RunConfig, load_run_config, write_yaml
 from medlens.engine.run_folder import RunFolder
 
@@ -409,8 +409,7 @@ def _final_metrics(run_dir: Path, source, task, recorder, spatial_dims: int, cfg
         "val": results["val"],
         "test": results["test"],
     }
-    with atomic_path(RunFolder(run_dir).metrics) as tmp:
-        tmp.write_text(json.dumps(metrics, indent=1))
+    write_json(RunFolder(run_dir).metrics, metrics)  # NaN (an undefined AUC) as null
     return metrics
 
 

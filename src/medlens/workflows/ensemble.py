@@ -7,14 +7,13 @@ keeps its finished members and resumes the unfinished one.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from medlens._io import atomic_path
+from medlens._io import write_json
 from medlens.engine.run_folder import RunFolder
 
 
@@ -158,8 +157,7 @@ def _write_metrics(cfg, run_dir: Path, source, members: list[tuple[Path, dict]],
         "val": results["val"],
         "test": results["test"],
     }
-    with atomic_path(RunFolder(run_dir).metrics) as tmp:
-        tmp.write_text(json.dumps(metrics, indent=1))
+    write_json(RunFolder(run_dir).metrics, metrics)  # NaN (an undefined AUC) as null
     return metrics
 
 
