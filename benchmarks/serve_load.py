@@ -259,9 +259,10 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             run = train_run(args.data_dir, Path(tmp) / "run")
             record["train_seconds"] = round(time.perf_counter() - t0, 1)
-        from medlens.serve.predictor import onnx_paths
+        from medlens.engine.run_folder import RunFolder
 
-        if not all(path.is_file() for path in onnx_paths(run)):
+        folder = RunFolder.of(run)
+        if not (folder.onnx.is_file() and folder.onnx_card.is_file()):
             # Exported here, not by the server on start, so that the server's memory is that of
             # serving alone (an export in the server process would stay in its resident set).
             from medlens.serve.onnx_export import export_onnx

@@ -229,6 +229,7 @@ class MedlensLightning:
         self.calls = 0
 
     def run(self, seed: int) -> dict:
+        from medlens.engine.run_folder import RunFolder
         from medlens.engine.tracking import read_history
         from medlens.engine.train import train
 
@@ -238,7 +239,7 @@ class MedlensLightning:
         log = io.StringIO()
         with Clock() as clock, contextlib.redirect_stderr(log):  # train() reports each run on stderr
             train(cfg, run_dir)
-        history = read_history(run_dir / "history.csv")
+        history = read_history(RunFolder(run_dir).history)
         shutil.rmtree(run_dir, ignore_errors=True)
         if len(history) != self.epochs:
             raise RuntimeError(f"{self.name}: expected {self.epochs} epochs in history.csv, got {len(history)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,8 +69,15 @@ def write_json(path: str | os.PathLike, value) -> Path:
     return Path(path)
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's contents, read in 1 MiB chunks."""
+# SHA-256 of each file version hashed in this process, oldest first: a serve start asks for the
+# weights' hash three times (export, its check at load, the model version) and reads them once.
+_SHA256_CACHE: dict[tuple, str] = {}
+_SHA256_CACHE_SIZE = 256
+_SHA256_LOCK = threading.Lock()
+
+
+def _hash_contents(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's contents, read in 1 MiB chunks (uncached)."""
     import hashlib
 
     digest = hashlib.sha256()
@@ -77,3 +85,30 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's contents, computed once per version of the file per process.
+
+    A version is the file's real path, device, inode, size and modification time (ns): a rewrite
+    (an atomic rename brings a new inode) or any change of size or time is hashed afresh.
+
+    Example:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "a.txt"
+        >>> _ = target.write_text("done")
+        >>> file_sha256(target)[:12]
+        'a4c3ed04a95a'
+    """
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    with _SHA256_LOCK:
+        known = _SHA256_CACHE.get(key)
+    if known is not None:
+        return known
+    digest = _hash_contents(path)
+    with _SHA256_LOCK:
+        _SHA256_CACHE[key] = digest
+        while len(_SHA256_CACHE) > _SHA256_CACHE_SIZE:
+            del _SHA256_CACHE[next(iter(_SHA256_CACHE))]
+    return digest

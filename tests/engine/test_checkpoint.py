@@ -25,9 +25,9 @@ from medlens.engine.checkpoint import (
     safetensors_checkpoint_io,
     save_model,
     save_state,
-    sidecar,
 )
 from medlens.engine.optim import WarmupCosine
+from medlens.engine.run_folder import sidecar
 from helpers import single_line
 
 
@@ -512,6 +512,34 @@ def test_load_model_on_a_run_folder_picks_best(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x), best(x))
         assert not torch.equal(loaded(x), last(x))
+
+
+def test_load_model_reads_and_parses_the_card_once(tmp_path, monkeypatch):
+    card = _card(*MODELS[0])
+    model = _trained_looking(card, seed=6)
+    save_model(model, card, tmp_path / "best.safetensors")
+    reads, parses = [], []
+    real_read_text, real_loads = Path.read_text, json.loads
+
+    def counting_read_text(self, *args, **kwargs):
+        if self == sidecar(tmp_path / "best.safetensors"):
+            reads.append(self)
+        return real_read_text(self, *args, **kwargs)
+
+    def counting_loads(text, *args, **kwargs):
+        document = real_loads(text, *args, **kwargs)
+        if isinstance(document, dict) and "card" in document:
+            parses.append(document)
+        return document
+
+    monkeypatch.setattr(Path, "read_text", counting_read_text)
+    monkeypatch.setattr(json, "loads", counting_loads)
+    loaded, loaded_card = load_model(tmp_path / "best.json")
+    assert loaded_card == card
+    assert (len(reads), len(parses)) == (1, 1)  # one read serves both the card and the state
+    x = _input(card)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
 
 
 def test_load_card_reads_the_card_without_the_weights(tmp_path):

@@ -264,6 +264,32 @@ def test_early_stopping_ends_a_stalled_run(medmnist_root, tmp_path):
     assert "oversampling" in (tmp_path / "stalled" / "train.log").read_text()
 
 
+def test_metrics_json_writes_nan_as_null_and_reads_it_back_as_nan(tmp_path, monkeypatch):
+    """An undefined AUC (a one-class split) and an empty history are NaN: strict JSON null on disk."""
+    from types import SimpleNamespace
+
+    from medlens.engine import checkpoint
+    from medlens.engine import train as engine
+    from medlens.engine.run_folder import RunFolder
+
+    card = checkpoint.ModelCard(architecture="cnn_small", model_kwargs={}, task="binary", class_names=["a", "b"],
+                                in_channels=1, spatial_dims=2, input_size=28,
+                                normalisation={"mean": [0.5], "std": [0.25]})
+    scores = {"val": {"acc": 1.0, "auc": math.nan, "n": 3}, "test": {"acc": 0.5, "auc": 0.75, "n": 4}}
+    monkeypatch.setattr(checkpoint, "load_model", lambda path: (None, card))
+    monkeypatch.setattr(checkpoint, "save_model", lambda model, card, path: None)
+    monkeypatch.setattr(engine, "score", lambda model, card, source, task: scores)
+    recorder = SimpleNamespace(rows=[], best_epoch=-1)
+    metrics = engine._final_metrics(tmp_path, SimpleNamespace(spec="breastmnist@28"), None, recorder, 2,
+                                    _config(data={"spec": "breastmnist"}))
+    text = RunFolder(tmp_path).metrics.read_text()
+    stored = json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in metrics.json"))
+    assert stored["val"]["auc"] is None and stored["train_images_per_second"] is None
+    back = RunFolder(tmp_path).read_metrics()
+    assert math.isnan(back["val"]["auc"]) and math.isnan(back["train_images_per_second"])
+    assert back["test"] == metrics["test"] == scores["test"]
+
+
 @pytest.mark.parametrize("args, expected", [
     (["--model", "no_such_net"], "unknown model 'no_such_net'"),
     (["--model", "cnn_small", "--loss", "bce"], "loss 'bce'"),

@@ -13,6 +13,7 @@ import struct
 import threading
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -512,6 +513,27 @@ def test_serve_command_exports_onnx_when_missing_and_binds_loopback(breast_run, 
     # Second start: the export is there and is not redone.
     assert main(["serve", str(copy), "--backend", "torch", "--api-key", "k"]) == 0
     assert "exporting" not in capsys.readouterr().err
+
+
+def test_serve_start_hashes_the_weights_once(breast_run, tmp_path, monkeypatch, unfreeze_gc):
+    """Export, the export's check at load and the model version all need the weights' SHA-256: one read."""
+    import uvicorn
+
+    from medlens import _io
+
+    copy = tmp_path / "run"
+    shutil.copytree(breast_run / "checkpoints", copy / "checkpoints")
+    hashed = []
+    real = _io._hash_contents
+    monkeypatch.setattr(_io, "_SHA256_CACHE", {})
+    monkeypatch.setattr(_io, "_hash_contents", lambda path: hashed.append(Path(path).resolve()) or real(path))
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append(app))
+    assert main(["serve", str(copy)]) == 0  # exports ONNX (it is missing), loads it, builds the app
+    assert (copy / "export" / "model.onnx").is_file() and len(calls) == 1
+    assert hashed == [(copy / "checkpoints" / "best.safetensors").resolve()]
+    assert Predictor.load(copy, backend="onnx").version == Predictor.load(copy).version  # still cached
+    assert len(hashed) == 1
 
 
 def test_serve_command_errors(breast_run, tmp_path, capsys):

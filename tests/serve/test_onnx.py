@@ -36,7 +36,7 @@ def breast_export(breast_run, medmnist_root) -> str:
 
 @pytest.fixture(scope="module")
 def adrenal_export(adrenal_run, medmnist_root) -> Path:
-    """``export_onnx`` on the AdrenalMNIST3D run, finding the data through $MEDLENS_DATA."""
+    """``export_onnx`` on the AdrenalMNIST3D run without ``root``: the run's own data root (then $MEDLENS_DATA)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MEDLENS_DATA", str(medmnist_root))
         return export_onnx(adrenal_run)
@@ -132,7 +132,12 @@ def test_missing_stale_or_unverifiable_exports_are_refused(breast_run, breast_ex
     shutil.copytree(breast_run / "checkpoints", run / "checkpoints")  # a run folder without an export
     with pytest.raises(FileNotFoundError, match=r"model.onnx does not exist; run `medlens export .* --format onnx`"):
         Predictor.load(run, backend="onnx")
-    # No data on this machine: the export cannot be verified, so it is not made.
+    # No data on this machine: not where the run was trained (the root in its card, a folder of
+    # another machine) nor in $MEDLENS_DATA. The export cannot be verified, so it is not made.
+    best_card = run / "checkpoints" / "best.json"
+    document = json.loads(best_card.read_text())
+    document["card"]["config"]["data"]["root"] = str(tmp_path / "other-machine" / "medmnist")
+    best_card.write_text(json.dumps(document))
     monkeypatch.setenv("MEDLENS_DATA", str(tmp_path / "no-data"))
     with pytest.raises(FileNotFoundError, match=r"test images of breastmnist@28 are needed .* \$MEDLENS_DATA"):
         export_onnx(run)

@@ -15,6 +15,29 @@ from medlens.workflows import resume, train
 
 
 
+def test_ensemble_metrics_json_writes_nan_as_null(tmp_path):
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from medlens.engine.run_folder import RunFolder
+    from medlens.workflows.ensemble import _write_metrics
+
+    nan = float("nan")
+    member = {"best_epoch": 3, "epochs_run": 5, "seconds": 2.0, "train_images_per_second": 100.0,
+              "val": {"acc": 1.0, "auc": nan, "n": 3}, "test": {"acc": 0.5, "auc": 0.75, "n": 4}}
+    results = {"val": {"acc": 1.0, "auc": nan, "n": 3}, "test": {"acc": 0.5, "auc": 0.8, "n": 4}}
+    run = RunFolder(tmp_path / "ens")
+    _write_metrics(_config(data={"spec": "breastmnist"}, train={"members": 2}), run.path,
+                   SimpleNamespace(spec="breastmnist@28"), [(run.member(0).path, member), (run.member(1).path, member)],
+                   results)
+    stored = json.loads(run.metrics.read_text(), parse_constant=lambda name: pytest.fail(f"bare {name}"))
+    assert stored["val"]["auc"] is None and stored["members"][0]["val"]["auc"] is None
+    assert [m["run"] for m in stored["members"]] == ["members/m0", "members/m1"]
+    assert Path(run.path / stored["members"][1]["run"]) == run.member(1).path
+    back = run.read_metrics()
+    assert back["val"]["auc"] != back["val"]["auc"] and back["test"]["auc"] == 0.8
+
+
 @pytest.mark.integration
 def test_ensemble_members_resume_and_average(medmnist_root, tmp_path):
     """``train.members 2``: two member runs, one ensemble checkpoint that averages their probabilities."""

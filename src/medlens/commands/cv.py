@@ -12,6 +12,7 @@ def _say(message: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medlens.commands.train import train_config
+    from medlens.engine.run_folder import RunFolder
     from medlens.workflows.groups import cv_members, format_summary, run_group
 
     if args.resume:
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_group(args.out, cv_members(config, folds=args.folds, repeats=args.repeats), kind="cv", say=_say)
     print(format_summary(summary))
     print(f"\n{args.folds}-fold cross-validation on train+val (val = the held-out fold; test untouched) "
-          f"-> {args.out}/cv_summary.json")
+          f"-> {RunFolder(args.out).summary('cv')}")
     if not args.no_report:
         from medlens.report.html import build_report
 

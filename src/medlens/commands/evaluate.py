@@ -11,7 +11,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_run(args.run, split=args.split, data=args.data, root=args.root, n_bootstrap=args.bootstrap,
                           seed=args.seed, batch_size=args.batch_size)
     print(format_evaluation(result.metrics))
-    print(f"\nwrote {result.folder}: metrics.json, predictions.csv, {result.files['medmnist'].name}")
+    print(f"\nwrote {result.folder}: {', '.join(path.name for path in result.files.values())}")
     return 0
 
 

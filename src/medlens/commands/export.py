@@ -7,11 +7,12 @@ import json
 
 
 def run(args: argparse.Namespace) -> int:
+    from medlens.engine.run_folder import sidecar
     from medlens.serve.onnx_export import export_onnx
 
     path = export_onnx(args.run, args.out, root=args.root)
-    check = json.loads(path.with_suffix(".json").read_text())["verification"]
-    print(f"exported to {path} (card: {path.with_suffix('.json')}); ONNX Runtime matches torch on "
+    check = json.loads(sidecar(path).read_text())["verification"]
+    print(f"exported to {path} (card: {sidecar(path)}); ONNX Runtime matches torch on "
           f"{check['images']} test images of {check['spec']}: max |difference| {check['max_abs_difference']:.2g}")
     return 0
 

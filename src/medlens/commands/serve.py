@@ -51,9 +51,12 @@ def _is_loopback(host: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     """Load RUN's model (exporting ONNX first if needed) and serve it until interrupted."""
+    from medlens.engine.run_folder import RunFolder
+
     run = Path(args.run)
-    if not (run / "checkpoints" / "best.safetensors").is_file():
-        raise FileNotFoundError(f"{run} is not a run folder with checkpoints/best.safetensors; "
+    folder = RunFolder(run)
+    if not folder.best.is_file():
+        raise FileNotFoundError(f"{run} is not a run folder with {folder.best.relative_to(run).as_posix()}; "
                                 "train one with 'medlens train DATA --out RUN'")
     if args.api_key is not None and not args.api_key:
         raise ValueError("--api-key must not be empty; leave it out to serve without a key")
@@ -62,13 +65,12 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from medlens.serve.app import create_app
-    from medlens.serve.predictor import Predictor, onnx_paths
+    from medlens.serve.predictor import Predictor
 
-    onnx_file, onnx_card = onnx_paths(run)
-    if args.backend == "onnx" and not (onnx_file.is_file() and onnx_card.is_file()):
+    if args.backend == "onnx" and not (folder.onnx.is_file() and folder.onnx_card.is_file()):
         from medlens.serve.onnx_export import export_onnx
 
-        print(f"medlens serve: {onnx_file} is missing; exporting it now", file=sys.stderr)
+        print(f"medlens serve: {folder.onnx} is missing; exporting it now", file=sys.stderr)
         export_onnx(run)
     predictor = Predictor.load(run, backend=args.backend)
     app = create_app(predictor, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_files=args.max_files,

@@ -33,13 +33,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--out RUN_FOLDER is required (e.g. --out runs/breast-cnn)")
         config, plan = train_config(args)
         if args.seeds > 1:
+            from medlens.engine.run_folder import RunFolder
             from medlens.workflows.groups import format_summary, run_group, seed_members
 
             summary = run_group(args.out, seed_members(config, seeds=args.seeds), kind="seeds", say=_say)
             if plan is not None:
                 workflows.training.write_plan(args.out, plan)
             print(format_summary(summary))
-            print(f"\n{args.seeds} seeds -> {args.out}/seeds_summary.json")
+            print(f"\n{args.seeds} seeds -> {RunFolder(args.out).summary('seeds')}")
             if not args.no_report:
                 from medlens.report.html import build_report
 

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar
 
 from medlens.engine.checkpoint import ModelCard, save_model
+from medlens.engine.run_folder import RunFolder
 from medlens.engine.tracking import Tracker, write_history
 
 log = logging.getLogger("medlens")
@@ -89,20 +90,20 @@ class RunRecorder(Checkpoint):
                 row[key] = math.nan
         self.rows.append(row)
         improved = self._consider(trainer.current_epoch, row[self.monitor], row["val_loss"])
-        checkpoints = self.run_dir / "checkpoints"
+        folder = RunFolder(self.run_dir)
         if trainer.is_global_zero:
             epoch_metrics = {"epoch": trainer.current_epoch, **{k: row[k] for k in ("val_loss", "val_acc", "val_auc")}}
             model = _unwrap(pl_module.model)
             if improved:
-                save_model(model, replace(self.card, metrics=epoch_metrics), checkpoints / "best.safetensors",
+                save_model(model, replace(self.card, metrics=epoch_metrics), folder.best,
                            logit_shift=self.logit_shift)
-            save_model(model, replace(self.card, metrics=epoch_metrics), checkpoints / "last.safetensors",
+            save_model(model, replace(self.card, metrics=epoch_metrics), folder.last,
                        logit_shift=self.logit_shift)
         # Every process calls this (under DDP it synchronises them); only the main one writes.
-        trainer.save_checkpoint(checkpoints / "resume.safetensors", weights_only=False)
+        trainer.save_checkpoint(folder.resume_state, weights_only=False)
         if not trainer.is_global_zero:
             return
-        write_history(self.rows, self.run_dir / "history.csv")
+        write_history(self.rows, folder.history)
         self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=trainer.current_epoch)
         log.info("epoch %d: train loss %.4f | val loss %.4f ACC %.4f AUC %.4f | lr %.3g | %.1f s, %.0f img/s%s",
                  row["epoch"], row["train_loss"], row["val_loss"], row["val_acc"], row["val_auc"], row["lr"],

@@ -38,14 +38,10 @@ import numpy as np
 import torch
 
 from medlens._io import atomic_path
+from medlens.engine.run_folder import CARD_SUFFIX, RunFolder, sidecar, weights_file
 
 TAG = "__medlens_type__"
 CARD_VERSION = 1
-
-
-def sidecar(path: str | os.PathLike) -> Path:
-    """The JSON beside a ``.safetensors`` file."""
-    return Path(path).with_suffix(".json")
 
 
 def _encode(value: Any, where: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -137,8 +133,8 @@ def read_sidecar(path: str | os.PathLike) -> dict:
     from safetensors import safe_open
 
     path = Path(path)
-    if path.suffix == ".json":
-        path = path.with_suffix(".safetensors")
+    if path.suffix == CARD_SUFFIX:
+        path = weights_file(path)
     side = sidecar(path)
     for needed in (path, side):
         if not needed.is_file():
@@ -160,11 +156,14 @@ def read_sidecar(path: str | os.PathLike) -> dict:
 
 def load_state(path: str | os.PathLike) -> dict:
     """Read back what :func:`save_state` wrote."""
+    return _state_of(read_sidecar(path), path)
+
+
+def _state_of(document: dict, path: str | os.PathLike) -> dict:
+    """The state of a checkpoint whose sidecar ``document`` was read already: its tensors from ``path``."""
     from safetensors.torch import load_file
 
-    document = read_sidecar(path)
-    tensors = load_file(str(Path(path).with_suffix(".safetensors")))
-    return _decode(document["state"], tensors)
+    return _decode(document["state"], load_file(str(weights_file(path))))
 
 
 def _lightning_checkpoint_io():
@@ -174,13 +173,13 @@ def _lightning_checkpoint_io():
         """Lightning checkpoint plugin that writes safetensors + JSON instead of a pickle."""
 
         def save_checkpoint(self, checkpoint, path, storage_options=None):
-            save_state(checkpoint, Path(path).with_suffix(".safetensors"))
+            save_state(checkpoint, weights_file(path))
 
         def load_checkpoint(self, path, map_location=None, weights_only=None):
-            return load_state(Path(path).with_suffix(".safetensors"))
+            return load_state(weights_file(path))
 
         def remove_checkpoint(self, path):
-            for file in (Path(path).with_suffix(".safetensors"), sidecar(Path(path).with_suffix(".safetensors"))):
+            for file in (weights_file(path), sidecar(weights_file(path))):
                 file.unlink(missing_ok=True)
 
     return SafetensorsCheckpointIO
@@ -285,7 +284,11 @@ def save_model(model: torch.nn.Module, card: ModelCard, path: str | os.PathLike,
 
 def load_card(path: str | os.PathLike) -> ModelCard:
     """The :class:`ModelCard` of a model checkpoint (``.safetensors`` or its ``.json``)."""
-    document = read_sidecar(path)
+    return _card_of(read_sidecar(path), path)
+
+
+def _card_of(document: dict, path: str | os.PathLike) -> ModelCard:
+    """The card in a checkpoint's sidecar ``document`` (read from ``path``)."""
     if "card" not in document:
         raise ValueError(f"{path} holds a training state, not a model: use checkpoints/best or last")
     return ModelCard.from_dict(document["card"])
@@ -305,11 +308,10 @@ def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, ModelCard]:
         ValueError: a damaged checkpoint or one that is not a model.
     """
     path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoints" / "best.safetensors"
-    path = path.with_suffix(".safetensors")
-    card = load_card(path)
+    path = RunFolder(path).best if path.is_dir() else weights_file(path)
+    document = read_sidecar(path)  # once: the card and the state are both in it
+    card = _card_of(document, path)
     model = card.build()
-    model.load_state_dict(load_state(path))
+    model.load_state_dict(_state_of(document, path))
     model.eval()
     return model, card

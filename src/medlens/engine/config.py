@@ -23,6 +23,7 @@ from typing import Any
 from medlens.data.augment import AugmentConfig
 from medlens.engine.loss_names import LOSS_NAMES
 from medlens.engine.optim import list_optimizers, list_schedules
+from medlens.engine.run_folder import RunFolder
 
 MONITORS = ("val_auc", "val_acc", "val_loss")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -419,7 +420,7 @@ def write_yaml(config: RunConfig, path: str | Path) -> None:
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
     """The resolved config of a run folder (its ``config.yaml``)."""
-    path = Path(run_dir) / "config.yaml"
+    path = RunFolder(run_dir).config
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a medlens run folder: {path.name} is missing")
     return config_from_dict(read_yaml(path))

@@ -19,6 +19,7 @@ from medlens.data.augment import BatchAugment, Normalisation, normalise, to_unit
 from medlens.data.loader import BatchLoader
 from medlens.engine.config import RunConfig
 from medlens.engine.module import epoch_seed
+from medlens.engine.run_folder import RunFolder
 from medlens.engine.tracking import write_history
 
 PRETRAIN_RANK = 10_000  # a seed stream of its own, apart from the classifier's epochs
@@ -62,5 +63,5 @@ def pretrain_autoencoder(model: torch.nn.Module, train_split, cfg: RunConfig, no
         losses.append(total / count)
         rows.append({"epoch": epoch, "train_loss": losses[-1], "seconds": time.perf_counter() - start})
         say(f"pretrain epoch {epoch}: reconstruction MSE {losses[-1]:.4f}")
-    write_history(rows, run_dir / "pretrain.csv")
+    write_history(rows, RunFolder(run_dir).pretrain_history)
     return losses

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from medlens._io import atomic_path
+from medlens.engine.run_folder import RunFolder
 
 log = logging.getLogger("medlens")
 
@@ -42,7 +43,7 @@ def read_history(path: str | Path) -> list[dict]:
 
 def default_tracking_uri(run_dir: Path) -> str:
     """``sqlite:///<folder holding the run>/mlflow.db``: every run under ``runs/`` in one store."""
-    return f"sqlite:///{(run_dir.resolve().parent / 'mlflow.db')}"
+    return f"sqlite:///{RunFolder(Path(run_dir).resolve()).tracking_db}"
 
 
 def _flatten(prefix: str, value, out: dict) -> dict:
@@ -73,7 +74,8 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)
-        state_file = run_dir / "tracking.json"
+        folder = RunFolder(run_dir)
+        state_file = folder.tracking_state
         if state_file.is_file():
             self.run_id = json.loads(state_file.read_text())["run_id"]
             self.client.update_run(self.run_id, status="RUNNING")
@@ -81,12 +83,13 @@ class Tracker:
         experiment = self.client.get_experiment_by_name("medlens")
         if experiment is None:
             # Artifacts beside the runs, not in ./mlruns of whatever folder the user stands in.
-            artifacts = (run_dir.resolve().parent / "mlflow-artifacts").as_uri()
+            artifacts = RunFolder(folder.path.resolve()).tracking_artifacts.as_uri()
             experiment_id = self.client.create_experiment("medlens", artifact_location=artifacts)
         else:
             experiment_id = experiment.experiment_id
         # An ensemble member is named after its ensemble too: "breast/m0", not a bare "m0".
-        name = f"{run_dir.parent.parent.name}/{run_dir.name}" if run_dir.parent.name == "members" else run_dir.name
+        ensemble = folder.ensemble
+        name = f"{ensemble.path.name}/{folder.path.name}" if ensemble is not None else folder.path.name
         run = self.client.create_run(experiment_id, run_name=name)
         self.run_id = run.info.run_id
         from mlflow.entities import Param

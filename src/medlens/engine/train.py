@@ -1,15 +1,8 @@
 """``train(config, out)``: one training run, from a dataset spec to a finished run folder.
 
-The run folder::
-
-    config.yaml        the resolved RunConfig (all --resume needs)
-    splits.json        image ids of each split
-    history.csv        per epoch: train/val loss, ACC, AUC, LR, seconds, images/s
-    train.log          what happened, in words
-    checkpoints/       best.safetensors + best.json   (best by train.monitor; the model card)
-                       last.safetensors + last.json   (the last epoch)
-                       resume.safetensors + resume.json (optimizer, schedule, loops: for --resume)
-    metrics.json       at the end: best epoch, val and test ACC/AUC of the best checkpoint
+What the run folder holds (``config.yaml``, ``splits.json``, ``history.csv``, ``train.log``,
+``checkpoints/{best,last,resume}``, ``metrics.json``) is documented once, in
+:mod:`medlens.engine.run_folder`, whose :class:`~medlens.engine.run_folder.RunFolder` names every path.
 
 An ensemble (``train.members`` K > 1) is K such runs under ``members/``: a workflow above this
 one (:mod:`medlens.workflows.ensemble`); ``medlens.workflows.train`` takes either.
@@ -44,8 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medlens._io import atomic_path
+from medlens._io import write_json
 from medlens.engine.config import RunConfig, load_run_config, write_yaml
+from medlens.engine.run_folder import RunFolder
 
 log = logging.getLogger("medlens")
 
@@ -65,14 +59,10 @@ class TrainResult:
     best_checkpoint: Path
 
 
-def is_run(path: Path) -> bool:
-    return (path / "config.yaml").is_file()
-
-
 def _setup_log(run_dir: Path, rank: int) -> logging.Handler | None:
     if rank != 0:
         return None
-    handler = logging.FileHandler(run_dir / "train.log")
+    handler = logging.FileHandler(RunFolder(run_dir).log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -111,7 +101,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, source=None) -> TrainRes
     if config.train.members > 1:
         raise ValueError(f"train.members {config.train.members} is an ensemble of several runs: train it with "
                          "medlens.workflows.train (or medlens train --members K)")
-    if is_run(run_dir) and _global_rank() == 0:
+    if RunFolder(run_dir).is_run and _global_rank() == 0:
         raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                               "or choose another --out")
     return _run(config, run_dir, resume=False, source=source)
@@ -134,8 +124,7 @@ def resume(run_dir: str | os.PathLike, *, source=None) -> TrainResult:
     if config.train.members > 1:
         raise ValueError(f"{run_dir} is an ensemble of {config.train.members} runs: resume it with "
                          "medlens.workflows.resume (or medlens train --resume)")
-    state = run_dir / "checkpoints" / "resume.safetensors"
-    if not state.is_file():
+    if not RunFolder(run_dir).resume_state.is_file():
         # Stopped before its first epoch ended (in pre-training, say): the same seed from the start
         # gives exactly the run that was interrupted.
         print(f"{run_dir} has no finished epoch yet: starting it again from the beginning", file=sys.stderr)
@@ -155,7 +144,7 @@ def run_log(run_dir: Path, rank: int = 0):
         with _quiet_lightning():
             yield
     except BaseException:
-        if created and rank == 0 and not is_run(run_dir):
+        if created and rank == 0 and not RunFolder(run_dir).is_run:
             if handler is not None:
                 log.removeHandler(handler)
                 handler.close()
@@ -285,37 +274,37 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
         enable_model_summary=False, num_sanity_val_steps=0, gradient_clip_val=cfg.optim.grad_clip,
         plugins=[safetensors_checkpoint_io()], default_root_dir=str(run_dir), use_distributed_sampler=False,
     )
-    state = run_dir / "checkpoints" / "resume.safetensors"
+    folder = RunFolder(run_dir)
     status = "FAILED"
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(state) if resume else None)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(folder.resume_state) if resume else None)
         status = "FINISHED"
     finally:
         if rank == 0 and status != "FINISHED":
             tracker.finish([], status="FAILED")
     if not trainer.is_global_zero:
-        return TrainResult(run_dir, {}, run_dir / "checkpoints" / "best.safetensors")
+        return TrainResult(run_dir, {}, folder.best)
     metrics = _final_metrics(run_dir, source, task, recorder, spatial_dims, cfg)
     tracker.log_metrics({f"{split}_{k}": v for split in ("val", "test") for k, v in metrics[split].items()},
                         step=metrics["epochs_run"])
-    tracker.finish([run_dir / "metrics.json", run_dir / "config.yaml", run_dir / "history.csv",
-                    run_dir / "checkpoints" / "best.json"])
+    tracker.finish([folder.metrics, folder.config, folder.history, folder.best_card])
     say(f"done in {metrics['seconds']:.0f} s: best epoch {metrics['best_epoch']}, "
          f"val ACC {metrics['val']['acc']:.3f} AUC {metrics['val']['auc']:.3f}, "
          f"test ACC {metrics['test']['acc']:.3f} AUC {metrics['test']['auc']:.3f} -> {run_dir}", rank)
-    return TrainResult(run_dir, metrics, run_dir / "checkpoints" / "best.safetensors")
+    return TrainResult(run_dir, metrics, folder.best)
 
 
 def start_or_check(cfg: RunConfig, run_dir: Path, source, *, resume: bool, write: bool) -> None:
     """A new run writes ``config.yaml`` and ``splits.json``; a resumed one checks its data did not change."""
+    folder = RunFolder(run_dir)
     if resume:
-        started_on = json.loads((run_dir / "splits.json").read_text()).get("fingerprint")
+        started_on = json.loads(folder.splits.read_text()).get("fingerprint")
         if started_on != source.fingerprint:
             raise ValueError(f"the data of {cfg.data.spec} changed since {run_dir} started (fingerprint "
                              f"{source.fingerprint[:12]} vs {str(started_on)[:12]}); start a new run instead")
     elif write:
-        write_yaml(cfg, run_dir / "config.yaml")
-        source.save_splits(run_dir / "splits.json")
+        write_yaml(cfg, folder.config)
+        source.save_splits(folder.splits)
 
 
 def model_and_loss(cfg: RunConfig, source):
@@ -403,7 +392,7 @@ def _final_metrics(run_dir: Path, source, task, recorder, spatial_dims: int, cfg
     """Evaluate the best checkpoint on val and test; write metrics.json and the best card's metrics."""
     from medlens.engine.checkpoint import load_model, save_model
 
-    best = run_dir / "checkpoints" / "best.safetensors"
+    best = RunFolder(run_dir).best
     model, card = load_model(best)
     results = score(model, card, source, task)
     save_model(model, replace(card, metrics={**card.metrics, **results}), best)
@@ -419,8 +408,7 @@ def _final_metrics(run_dir: Path, source, task, recorder, spatial_dims: int, cfg
         "val": results["val"],
         "test": results["test"],
     }
-    with atomic_path(run_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=1))
+    write_json(RunFolder(run_dir).metrics, metrics)  # NaN (an undefined AUC) as null
     return metrics
 
 

@@ -34,18 +34,19 @@ def run_summary(run: str | Path, *, split: str = "test", n_bootstrap: int = 1000
     """One run's row: metrics with CIs, training seconds, params, FLOPs, dataset name."""
     from medlens._io import file_sha256
     from medlens.engine.checkpoint import load_card
+    from medlens.engine.run_folder import RunFolder
     from medlens.evaluate.evaluation import evaluate_run
 
     run = Path(run)
-    path = run / "eval" / split / "metrics.json"
+    layout = RunFolder(run)
+    path = layout.eval_metrics(split)
     metrics = json.loads(path.read_text()) if path.is_file() else None
     # An earlier evaluation counts only if it scored these very weights, with intervals when asked for.
-    if metrics is None or metrics.get("checkpoint_sha256") != file_sha256(run / "checkpoints" / "best.safetensors") \
+    if metrics is None or metrics.get("checkpoint_sha256") != file_sha256(layout.best) \
             or (n_bootstrap and not metrics.get("ci")):
         metrics = evaluate_run(run, split=split, n_bootstrap=n_bootstrap).metrics
-    train_metrics = run / "metrics.json"
-    seconds = json.loads(train_metrics.read_text()).get("seconds") if train_metrics.is_file() else None
-    card = load_card(run / "checkpoints" / "best.safetensors")
+    seconds = layout.read_metrics().get("seconds") if layout.is_finished else None
+    card = load_card(layout.best)
     spec = card.dataset.get("spec", "")
     return {"run": str(run), "name": run.name, "dataset": spec.split("@")[0], "spec": spec,
             "model": card.architecture, "n": metrics["n"], "acc": _num(metrics["acc"]), "auc": _num(metrics["auc"]),

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from medlens._io import atomic_path, file_sha256, write_json
+from medlens.engine.run_folder import RunFolder
 
 SPLIT_NAMES = ("train", "val", "test")
 _RESULT_NAME = re.compile(
@@ -68,7 +69,9 @@ def evaluate_run(run: str | Path, *, split: str = "test", data: str | None = Non
         run: a run folder written by ``medlens train``.
         split: ``test`` (default), ``val`` or ``train``.
         data: another dataset spec with the same classes (default: the run's own data and split).
-        root: MedMNIST data folder (default: the run's, else ``$MEDLENS_DATA``).
+        root: MedMNIST data folder (default: the run's own when it exists here, else
+            ``$MEDLENS_DATA``, else ``~/.medlens/data``: :meth:`RunFolder.data_root
+            <medlens.engine.run_folder.RunFolder.data_root>`).
         n_bootstrap: bootstrap resamples for the confidence intervals (0: none).
         seed: seed of the bootstrap.
         batch_size: images per forward pass.
@@ -90,18 +93,15 @@ def evaluate_run(run: str | Path, *, split: str = "test", data: str | None = Non
     if split not in SPLIT_NAMES:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLIT_NAMES)}")
     run_dir = Path(run)
-    checkpoint = run_dir / "checkpoints" / "best.safetensors"
+    layout = RunFolder(run_dir)
+    checkpoint = layout.best
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{run_dir} is not a finished medlens run folder: {checkpoint} is missing")
     model, card = load_model(checkpoint)
     config = load_run_config(run_dir)
-    data_cfg = config.data if root is None else replace(config.data, root=root)
-    if data is None:
-        source = resolve_data(data_cfg)
-        folder = run_dir / "eval" / split
-    else:
-        source = _other_source(data, data_cfg, card)
-        folder = run_dir / "eval" / f"{split}@{_slug(source.spec)}"
+    data_cfg = replace(config.data, root=str(layout.data_root(root, config=config.to_dict())))
+    source = resolve_data(data_cfg) if data is None else _other_source(data, data_cfg, card)
+    data_name = None if data is None else _slug(source.spec)
     task = Task(card.task)
     target = source.splits[split]
     predictions = predict(model, target, task=task, mean=card.normalisation["mean"], std=card.normalisation["std"],
@@ -114,10 +114,10 @@ def evaluate_run(run: str | Path, *, split: str = "test", data: str | None = Non
                "fingerprint": source.fingerprint, "model": card.architecture,
                "checkpoint_sha256": file_sha256(checkpoint), "class_names": list(card.class_names),
                "medlens": __version__, **body}
-    files = _write(folder, metrics, predictions, card.class_names, flag=_flag(source.spec), split=split,
+    files = _write(layout, split, data_name, metrics, predictions, card.class_names, flag=_flag(source.spec),
                    run_name=run_dir.resolve().name)
-    return Evaluation(metrics=metrics, predictions=predictions, folder=folder, files=files, images=target,
-                      model=(model, card))
+    return Evaluation(metrics=metrics, predictions=predictions, folder=layout.eval_dir(split, data_name), files=files,
+                      images=target, model=(model, card))
 
 
 def _other_source(spec: str, data_cfg, card):
@@ -177,16 +177,19 @@ def _labels_text(y: np.ndarray, class_names: list[str], multilabel: bool) -> lis
     return [class_names[int(i)] for i in np.asarray(y).reshape(-1)]
 
 
-def _write(folder: Path, metrics: dict, predictions, class_names: list[str], *, flag: str, split: str,
-           run_name: str) -> dict:
+def _write(layout: RunFolder, split: str, data_name: str | None, metrics: dict, predictions, class_names: list[str],
+           *, flag: str, run_name: str) -> dict:
+    """Write ``eval/<split>[@<data_name>]/``: metrics, predictions and the MedMNIST result file."""
     from medlens.metrics import predicted_labels
 
+    folder = layout.eval_dir(split, data_name)
     folder.mkdir(parents=True, exist_ok=True)
     task = predictions.task
-    write_json(folder / "metrics.json", metrics)
+    files = {"metrics": layout.eval_metrics(split, data_name), "predictions": layout.eval_predictions(split, data_name)}
+    write_json(files["metrics"], metrics)
 
     predicted = predicted_labels(predictions.y_score, task=task)
-    with atomic_path(folder / "predictions.csv") as tmp, tmp.open("w", newline="") as handle:
+    with atomic_path(files["predictions"]) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "true", "predicted", *[f"p_{name}" for name in class_names]])
         for row in zip(predictions.ids, _labels_text(predictions.y_true, class_names, task.is_multilabel),
@@ -199,7 +202,7 @@ def _write(folder: Path, metrics: dict, predictions, class_names: list[str], *, 
     for stale in folder.glob(f"{flag}_{split}_*@{run_name}.csv"):  # an earlier evaluation's scores
         if stale != official and _RESULT_NAME.match(stale.name):
             stale.unlink()
-    return {"metrics": folder / "metrics.json", "predictions": folder / "predictions.csv", "medmnist": official}
+    return {**files, "medmnist": official}
 
 
 def _three(value: float) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from medlens._io import atomic_path, json_ready
+from medlens.engine.run_folder import RunFolder
 
 GALLERY_DEFAULT = 240
 THUMB_EDGE = 112
@@ -47,8 +48,8 @@ def build_report(run: str | Path, *, out: str | Path | None = None, gallery: int
         FileNotFoundError: ``run`` is neither a finished run nor a group folder.
     """
     run = Path(run)
-    out = Path(out) if out is not None else run / "report.html"
-    if (run / "group.json").is_file():
+    out = Path(out) if out is not None else RunFolder(run).report
+    if RunFolder(run).is_group:
         body, title = _group_sections(run)
     else:
         body, title = _run_sections(run, gallery=gallery, split=split, explain=explain, n_bootstrap=n_bootstrap,
@@ -77,10 +78,11 @@ def _run_sections(run: Path, *, gallery: int, split: str, explain: bool, n_boots
     evaluation = evaluate_run(run, split=split, n_bootstrap=n_bootstrap)
     metrics = evaluation.metrics
     _, card = evaluation.model
-    history = read_history(run / "history.csv") if (run / "history.csv").is_file() else []
-    train_metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    layout = RunFolder(run)
+    history = read_history(layout.history) if layout.history.is_file() else []
+    train_metrics = layout.read_metrics() if layout.is_finished else {}
     if figures:
-        write_pngs(run / "figures", history, metrics)
+        write_pngs(layout.figures, history, metrics)
     sections = [
         _header(run, card, train_metrics),
         _data_section(run, card),
@@ -99,9 +101,9 @@ def _group_sections(parent: Path) -> tuple[list[str], str]:
     from medlens.workflows.groups import summarise
     from medlens.report.figures import figure_spec, fold_figure
 
-    group = json.loads((parent / "group.json").read_text())
+    group = json.loads(RunFolder(parent).group.read_text())
     kind = group["kind"]
-    names = [n for n in group["members"] if (parent / n / "metrics.json").is_file()]
+    names = [n for n in group["members"] if RunFolder(parent / n).is_finished]
     if not names:
         raise FileNotFoundError(f"{parent} holds no finished {kind} run yet")
     summary = summarise(parent, names, kind=kind)
@@ -118,7 +120,7 @@ def _group_sections(parent: Path) -> tuple[list[str], str]:
     table = _table(["run", "val ACC", "val AUC", "test ACC", "test AUC", "seconds"], rows, last_bold=True)
     curves = []
     for name in names:
-        curves += _val_auc_curve(name, parent / name / "history.csv")  # none for an ensemble: its members have them
+        curves += _val_auc_curve(name, RunFolder(parent / name).history)  # none for an ensemble: its members have them
     spec = first["data"]["spec"]
     sections = [
         f"<header><h1>{_e(parent.name)}</h1><p>{_e(kind)} group: {_e(what)}. Data <b>{_e(spec)}</b>, model "
@@ -157,7 +159,7 @@ def _members_section(run: Path, train_metrics: dict) -> str:
                  _fmt(train_metrics["test"]["auc"]), _fmt(train_metrics.get("seconds"), 0)])
     table = _table(["member", "seed", "best epoch", "epochs", "val AUC", "test ACC", "test AUC", "seconds"], rows,
                    last_bold=True)
-    curves = [curve for m in members for curve in _val_auc_curve(m["run"], run / m["run"] / "history.csv")]
+    curves = [curve for m in members for curve in _val_auc_curve(m["run"], RunFolder(run / m["run"]).history)]
     plot = _plots("Members: val AUC per epoch", [figure_spec("val AUC per epoch", curves)]) if curves else ""
     return (f"<section><h2>Ensemble of {len(members)} members</h2><p>Each member is a full run folder with its own "
             f"seed; the model evaluated below averages their class probabilities.</p>{table}</section>{plot}")
@@ -200,8 +202,9 @@ def _data_section(run: Path, card) -> str:
         parts.append(f"<p class=warn>{_e(warning)}</p>")
     parts.append(f"<p class=muted>split: {_e(card.dataset.get('split_method', '?'))}, fingerprint "
                  f"{_e(card.dataset.get('fingerprint', '?'))}</p>")
-    config = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else _yaml(card.config)
-    parts.append(f"<details><summary>config.yaml</summary><pre>{_e(config)}</pre></details></section>")
+    layout = RunFolder(run)
+    config = layout.config.read_text() if layout.is_run else _yaml(card.config)
+    parts.append(f"<details><summary>{layout.config.name}</summary><pre>{_e(config)}</pre></details></section>")
     return "".join(parts)
 
 

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from medlens._io import atomic_path, file_sha256
-from medlens.serve.predictor import _checkpoint_path, _onnx_session, onnx_paths
+from medlens.engine.run_folder import RunFolder, sidecar
+from medlens.serve.predictor import _onnx_session
 
 OPSET = 18
 INPUT_NAME = "images"
@@ -62,16 +63,17 @@ def _export(graph: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
         registration.setLevel(level)
 
 
-def _test_images(card, *, root: str | os.PathLike | None, limit: int) -> np.ndarray:
+def _test_images(card, folder: RunFolder, *, root: str | os.PathLike | None, limit: int) -> np.ndarray:
     """Up to ``limit`` uint8 test images of the model's own dataset (spec and split settings of the card)."""
     from medlens.data.source import resolve
 
     spec = card.dataset.get("spec")
     if not spec:
         raise ValueError("the model card names no dataset (card.dataset['spec']); cannot verify the export")
-    data = card.config.get("data", {}) if isinstance(card.config, dict) else {}
-    # $MEDLENS_DATA (where the data is on this machine) before the root the run was trained with.
-    root = root if root is not None else (os.environ.get("MEDLENS_DATA") or data.get("root"))
+    config = card.config if isinstance(card.config, dict) else {}
+    data = config.get("data", {})
+    # The card's config is the run's: a checkpoint kept outside its run folder finds its data too.
+    root = folder.data_root(root, config=config)
     try:
         source = resolve(spec, root=root, download_missing=False, seed=data.get("split_seed", 0),
                          ratios=data.get("ratios", "0.8/0.1/0.1"), channels=data.get("channels"))
@@ -98,8 +100,9 @@ def export_onnx(
         run: a run folder (its ``checkpoints/best``) or a ``.safetensors`` / ``.json`` checkpoint.
         out: the ``.onnx`` file to write; default ``RUN/export/model.onnx``. The card is written
             beside it with the suffix ``.json``.
-        root: data root for the verification images (MedMNIST specs); default ``$MEDLENS_DATA``,
-            else the run's ``data.root``, else ``~/.medlens/data``.
+        root: data root for the verification images (MedMNIST specs); default the run's
+            ``data.root`` when it exists here, else ``$MEDLENS_DATA``, else ``~/.medlens/data``
+            (:meth:`RunFolder.data_root <medlens.engine.run_folder.RunFolder.data_root>`).
         n_verify: how many test images (the first ones) to compare on, >= 1. Default 256.
         atol: largest allowed absolute difference between torch and ONNX Runtime probabilities.
 
@@ -116,14 +119,15 @@ def export_onnx(
 
     if isinstance(n_verify, bool) or not isinstance(n_verify, int) or n_verify < 1:
         raise ValueError(f"n_verify must be an integer >= 1, got {n_verify!r}")
-    weights = _checkpoint_path(run)
-    onnx_file, card_file = onnx_paths(run) if out is None else (Path(out), Path(out).with_suffix(".json"))
+    folder = RunFolder.of(run)
+    weights = folder.weights
+    onnx_file, card_file = (folder.onnx, folder.onnx_card) if out is None else (Path(out), sidecar(out))
     if onnx_file.suffix != ".onnx":
         raise ValueError(f"the export must be a .onnx file, got {onnx_file}")
     weights_sha256 = file_sha256(weights)  # before loading: the hash names exactly the weights exported
     model, card = load_model(weights)
     graph = InferenceModel.from_card(model, card).eval()
-    images = _test_images(card, root=root, limit=n_verify)
+    images = _test_images(card, folder, root=root, limit=n_verify)
     with torch.inference_mode():
         expected = graph(torch.from_numpy(images)).numpy()
     with atomic_path(onnx_file) as tmp:

@@ -36,6 +36,7 @@ from medlens.data.readers import (
     file_suffix,
     read_image,
 )
+from medlens.engine.run_folder import RunFolder
 
 BACKENDS = ("torch", "onnx")
 VOLUME_HINT = ".nii, .nii.gz or .npy"
@@ -44,37 +45,6 @@ IMAGE_HINT = ", ".join(IMAGE_2D_SUFFIXES + DICOM_SUFFIXES) + " or a 2-D .npy"
 
 class InputError(ValueError):
     """One input that cannot be used; ``str()`` is a short reason naming it."""
-
-
-def _checkpoint_path(run: str | os.PathLike) -> Path:
-    """The best checkpoint of a run folder, or the ``.safetensors`` of a checkpoint file."""
-    path = Path(run).expanduser()
-    if path.is_dir():
-        return path / "checkpoints" / "best.safetensors"
-    if path.suffix not in (".safetensors", ".json"):
-        raise ValueError(f"{path} is neither a run folder nor a checkpoint (.safetensors or .json)")
-    return path.with_suffix(".safetensors")
-
-
-def run_folder(run: str | os.PathLike) -> Path:
-    """The run folder of ``run``: itself if a folder, else the folder above ``checkpoints/``.
-
-    Args:
-        run: a run folder, or a checkpoint file ``RUN/checkpoints/NAME.safetensors`` (or ``.json``).
-
-    Returns:
-        The run folder (for a checkpoint outside ``checkpoints/``, the folder holding it).
-    """
-    path = Path(run).expanduser()
-    if path.is_dir():
-        return path
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
-
-
-def onnx_paths(run: str | os.PathLike) -> tuple[Path, Path]:
-    """``(RUN/export/model.onnx, RUN/export/model.json)`` of a run folder or checkpoint."""
-    folder = run_folder(run) / "export"
-    return folder / "model.onnx", folder / "model.json"
 
 
 def _pixel_count(data: bytes, name: str, suffix: str, max_pixels: int) -> int | None:
@@ -230,19 +200,20 @@ class Predictor:
 
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        weights = _checkpoint_path(run)
+        folder = RunFolder.of(run)
+        weights = folder.weights
         if backend == "torch":
             model, card = load_model(weights)
             return cls(card, backend="torch", weights=weights, model=model)
         card = load_card(weights)
-        onnx_file, onnx_card = onnx_paths(run)
+        onnx_file, onnx_card = folder.onnx, folder.onnx_card
         if not onnx_file.is_file() or not onnx_card.is_file():
-            raise FileNotFoundError(f"{onnx_file} does not exist; run `medlens export {run_folder(run)} --format onnx` "
+            raise FileNotFoundError(f"{onnx_file} does not exist; run `medlens export {folder.path} --format onnx` "
                                     "first, or use --backend torch")
         exported = json.loads(onnx_card.read_text())
         if exported.get("weights_sha256") != file_sha256(weights):
             raise ValueError(f"{onnx_file} was exported from other weights than {weights}; run "
-                             f"`medlens export {run_folder(run)} --format onnx` again")
+                             f"`medlens export {folder.path} --format onnx` again")
         return cls(card, backend="onnx", weights=weights, session=_onnx_session(onnx_file))
 
     # ------------------------------------------------------------------ decoding

@@ -62,11 +62,12 @@ def dataset_spec(name: str, folder_root: str | Path | None) -> str:
 def run_one(name: str, spec: str, seed: int, budget_s: float, work: Path, *, say=print) -> dict:
     """Train with the auto recipe and evaluate one (dataset, seed); returns and writes ``bench.json``."""
     from medlens.engine.auto import build_train_config
+    from medlens.engine.run_folder import RunFolder
     from medlens.evaluate.evaluation import evaluate_run
     from medlens.workflows.training import train
 
     run_dir = work / name / f"seed{seed}"
-    done = run_dir / "bench.json"
+    done = RunFolder(run_dir).bench_record
     if done.is_file():
         say(f"bench {name} seed {seed}: finished earlier, kept")
         return json.loads(done.read_text())

@@ -1,22 +1,21 @@
 """Ensembles: ``train.members`` K > 1 trains K seeded runs of one recipe and saves their average.
 
-The run folder holds ``config.yaml``, ``splits.json``, ``train.log``, ``members/m0 .. m<K-1>``
-(each a full single run folder, :mod:`medlens.engine.train`), ``checkpoints/best`` (the
-``ensemble`` model of the members' best checkpoints) and ``metrics.json`` (the ensemble's, with
-each member's beside it). A resumed ensemble keeps its finished members and resumes the
-unfinished one.
+The ensemble's run folder (its members, each a whole run folder, and the ``ensemble`` model of
+their best checkpoints) is described in :mod:`medlens.engine.run_folder`. A resumed ensemble
+keeps its finished members and resumes the unfinished one.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from medlens._io import atomic_path
+from medlens._io import write_json
+from medlens.engine.run_folder import RunFolder
+
 
 def member_seed(seed: int, index: int) -> int:
     """Seed of ensemble member ``index``: ``seed`` for member 0, else one drawn from ``(seed, index)``.
@@ -44,12 +43,13 @@ def train_ensemble(cfg, run_dir: str | Path, *, resume: bool = False):
     from medlens.engine.train import model_and_loss, run_log, say, start_or_check
 
     run_dir = Path(run_dir)
+    folder = RunFolder(run_dir)
     start = time.perf_counter()
     with run_log(run_dir):
         source = resolve_data(cfg.data)  # once, shared by the members
         model_and_loss(cfg, source)  # a bad model, option or loss fails before the run folder exists
         start_or_check(cfg, run_dir, source, resume=resume, write=True)
-        say(f"ensemble: {cfg.train.members} members of {cfg.model.name} -> {run_dir / 'members'}")
+        say(f"ensemble: {cfg.train.members} members of {cfg.model.name} -> {folder.members_dir}")
         members = _train_members(cfg, run_dir, source, start)
         ensemble, card, results = _assemble(cfg, run_dir, source, members)
         metrics = _write_metrics(cfg, run_dir, source, members, results)
@@ -60,7 +60,7 @@ def train_ensemble(cfg, run_dir: str | Path, *, resume: bool = False):
             f"AUC {results['test']['auc']:.3f} (members' test AUC {singles}) -> {run_dir}")
     from medlens.engine.train import TrainResult
 
-    return TrainResult(run_dir, metrics, run_dir / "checkpoints" / "best.safetensors")
+    return TrainResult(run_dir, metrics, folder.best)
 
 
 def _train_members(cfg, run_dir: Path, source, start: float) -> list[tuple[Path, dict]]:
@@ -77,11 +77,12 @@ def _train_members(cfg, run_dir: Path, source, start: float) -> list[tuple[Path,
     members: list[tuple[Path, dict]] = []
     spent_before = 0.0  # training seconds of members finished in an earlier sitting (resume)
     for i in range(k):
-        member_dir = run_dir / "members" / f"m{i}"
-        finished = (member_dir / "metrics.json").is_file()
+        member = RunFolder(run_dir).member(i)
+        member_dir = member.path
+        finished = member.is_finished
         if finished:
             engine.say(f"ensemble: member {i} already finished, kept")
-        elif engine.is_run(member_dir):
+        elif member.is_run:
             engine.say(f"ensemble: resuming member {i}")
             engine.resume(member_dir, source=source)
         else:
@@ -103,7 +104,7 @@ def _train_members(cfg, run_dir: Path, source, start: float) -> list[tuple[Path,
             engine.say(f"ensemble: member {i} of {k}, seed {member_cfg.train.seed}"
                        + (f", at most {max_seconds:.0f} s" if max_seconds else ""))
             engine.train(member_cfg, member_dir, source=source)
-        members.append((member_dir, json.loads((member_dir / "metrics.json").read_text())))
+        members.append((member_dir, member.read_metrics()))
         if finished:
             spent_before += members[-1][1]["seconds"]
     return members
@@ -115,7 +116,7 @@ def _assemble(cfg, run_dir: Path, source, members: list[tuple[Path, dict]]):
     from medlens.engine.train import score
     from medlens.models import create_model
 
-    loaded = [load_model(d / "checkpoints" / "best.safetensors") for d, _ in members]
+    loaded = [load_model(RunFolder(d).best) for d, _ in members]
     first = loaded[0][1]
     combine = "sigmoid" if source.info.task.is_multilabel or len(first.class_names) == 1 else "softmax"
     kwargs = {"member": first.architecture, "member_options": dict(first.model_kwargs), "members": len(members),
@@ -131,8 +132,9 @@ def _assemble(cfg, run_dir: Path, source, members: list[tuple[Path, dict]]):
     card = replace(first, architecture="ensemble", model_kwargs=kwargs, config=cfg.to_dict(),
                    metrics={"members": [m for _, m in members], "best_epoch": [m["best_epoch"] for _, m in members],
                             **results})
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    save_model(ensemble, card, run_dir / "checkpoints" / "best.safetensors")
+    folder = RunFolder(run_dir)
+    folder.checkpoints.mkdir(exist_ok=True)
+    save_model(ensemble, card, folder.best)
     return ensemble, card, results
 
 
@@ -143,8 +145,9 @@ def _write_metrics(cfg, run_dir: Path, source, members: list[tuple[Path, dict]],
         "model": "ensemble",
         "member": cfg.model.name,
         "members_planned": cfg.train.members,
-        "members": [{"run": f"members/{d.name}", "seed": member_seed(cfg.train.seed, i), "best_epoch": m["best_epoch"],
-                     "epochs_run": m["epochs_run"], "seconds": m["seconds"], "val": m["val"], "test": m["test"]}
+        "members": [{"run": d.relative_to(run_dir).as_posix(), "seed": member_seed(cfg.train.seed, i),
+                     "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"], "seconds": m["seconds"],
+                     "val": m["val"], "test": m["test"]}
                     for i, (d, m) in enumerate(members)],
         "best_epoch": [m["best_epoch"] for _, m in members],
         "monitor": cfg.train.monitor,
@@ -154,8 +157,7 @@ def _write_metrics(cfg, run_dir: Path, source, members: list[tuple[Path, dict]],
         "val": results["val"],
         "test": results["test"],
     }
-    with atomic_path(run_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=1))
+    write_json(RunFolder(run_dir).metrics, metrics)  # NaN (an undefined AUC) as null
     return metrics
 
 
@@ -165,4 +167,5 @@ def _track(cfg, run_dir: Path, results: dict, metrics: dict) -> None:
     tracker = Tracker(cfg.train.tracking_uri or default_tracking_uri(run_dir), run_dir, cfg.to_dict())
     tracker.log_metrics({f"{split}_{key}": v for split in ("val", "test") for key, v in results[split].items()},
                         step=metrics["epochs_run"])
-    tracker.finish([run_dir / "metrics.json", run_dir / "config.yaml", run_dir / "checkpoints" / "best.json"])
+    folder = RunFolder(run_dir)
+    tracker.finish([folder.metrics, folder.config, folder.best_card])

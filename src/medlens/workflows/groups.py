@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from medlens._io import write_json
+from medlens.engine.run_folder import SUMMARY_KINDS, RunFolder
 
 SUMMARY_SCHEMA_VERSION = 1
 # What each member's metrics.json contributes to the summary: (section, key).
@@ -73,11 +74,12 @@ def run_group(parent: str | Path, members: list[tuple[str, object]], *, kind: st
     """
     from medlens.workflows.training import resume, train
 
-    if kind not in ("cv", "seeds"):
+    if kind not in SUMMARY_KINDS:
         raise ValueError(f"group kind must be 'cv' or 'seeds'; got {kind!r}")
     parent = Path(parent)
+    folder = RunFolder(parent)
     record = {"kind": kind, "members": {name: cfg.to_dict() for name, cfg in members}}
-    manifest = parent / "group.json"
+    manifest = folder.group
     if manifest.is_file():
         if _normalised(json.loads(manifest.read_text())) != json.loads(json.dumps(record)):
             raise ValueError(f"{parent} already holds a {kind} group made with other options; "
@@ -88,17 +90,17 @@ def run_group(parent: str | Path, members: list[tuple[str, object]], *, kind: st
         write_json(manifest, record)
     for number, (name, cfg) in enumerate(members, start=1):
         run_dir = parent / name
-        if (run_dir / "metrics.json").is_file():
+        if RunFolder(run_dir).is_finished:
             say(f"{kind} {number}/{len(members)} {name}: finished earlier, kept")
             continue
-        if (run_dir / "config.yaml").is_file():
+        if RunFolder(run_dir).is_run:
             say(f"{kind} {number}/{len(members)} {name}: resuming")
             resume(run_dir)
         else:
             say(f"{kind} {number}/{len(members)} {name}: training")
             train(cfg, run_dir)
     summary = summarise(parent, [name for name, _ in members], kind=kind)
-    write_json(parent / f"{kind}_summary.json", summary)
+    write_json(folder.summary(kind), summary)
     return summary
 
 
@@ -110,7 +112,7 @@ def summarise(parent: str | Path, names: list[str], *, kind: str) -> dict:
     parent = Path(parent)
     runs = []
     for name in names:
-        metrics = json.loads((parent / name / "metrics.json").read_text())
+        metrics = RunFolder(parent / name).read_metrics()
         entry = {"name": name, "best_epoch": metrics.get("best_epoch"), "seconds": metrics.get("seconds")}
         for section, key in SUMMARY_METRICS:
             value = metrics.get(section, {}).get(key)

@@ -14,7 +14,8 @@ Example:
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+from medlens.engine.run_folder import RunFolder
 
 
 def train(config, out: str | os.PathLike, *, plan=None):
@@ -36,7 +37,7 @@ def train(config, out: str | os.PathLike, *, plan=None):
     from medlens.engine import train as engine
 
     if config.train.members > 1:
-        if engine.is_run(Path(out)):
+        if RunFolder(out).is_run:
             raise FileExistsError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
         from medlens.workflows.ensemble import train_ensemble
 
@@ -65,4 +66,4 @@ def write_plan(run_dir: str | os.PathLike, plan) -> None:
     """The auto plan's choices and their reasons, as ``auto.json`` in ``run_dir``."""
     from medlens._io import write_json
 
-    write_json(Path(run_dir) / "auto.json", plan.to_dict())
+    write_json(RunFolder(run_dir).auto_plan, plan.to_dict())
