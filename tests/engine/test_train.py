@@ -281,7 +281,7 @@ def test_metrics_json_writes_nan_as_null_and_reads_it_back_as_nan(tmp_path, monk
     monkeypatch.setattr(engine, "score", lambda model, card, source, task: scores)
     recorder = SimpleNamespace(rows=[], best_epoch=-1)
     metrics = engine._final_metrics(tmp_path, SimpleNamespace(spec="breastmnist@28"), None, recorder, 2,
-                                    _config(data={"spec": "breastmnist"}))
+                                    quick_config(data={"spec": "breastmnist"}))
     text = RunFolder(tmp_path).metrics.read_text()
     stored = json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in metrics.json"))
     assert stored["val"]["auc"] is None and stored["train_images_per_second"] is None

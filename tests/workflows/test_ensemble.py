@@ -27,7 +27,7 @@ def test_ensemble_metrics_json_writes_nan_as_null(tmp_path):
               "val": {"acc": 1.0, "auc": nan, "n": 3}, "test": {"acc": 0.5, "auc": 0.75, "n": 4}}
     results = {"val": {"acc": 1.0, "auc": nan, "n": 3}, "test": {"acc": 0.5, "auc": 0.8, "n": 4}}
     run = RunFolder(tmp_path / "ens")
-    _write_metrics(_config(data={"spec": "breastmnist"}, train={"members": 2}), run.path,
+    _write_metrics(quick_config(data={"spec": "breastmnist"}, train={"members": 2}), run.path,
                    SimpleNamespace(spec="breastmnist@28"), [(run.member(0).path, member), (run.member(1).path, member)],
                    results)
     stored = json.loads(run.metrics.read_text(), parse_constant=lambda name: pytest.fail(f"bare {name}"))
