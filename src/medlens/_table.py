@@ -17,7 +17,8 @@ def format_table(header: list[str], rows: list[list[str]], *, footer: list[str] 
     widths = [max(len(r[c]) for r in every) for c in range(len(header))]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(cells, widths, strict=True)))
+        return "  ".join(cell.ljust(w) if c == 0 else cell.rjust(w)
+                         for c, (cell, w) in enumerate(zip(cells, widths, strict=True)))
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(header), rule] + [line(r) for r in rows] + ([rule, line(footer)] if footer else []))

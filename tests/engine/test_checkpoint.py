@@ -46,7 +46,7 @@ def assert_same(actual, expected, where: str = "") -> None:
             assert_same(actual[key], expected[key], f"{where}/{key!r}")
     elif isinstance(expected, (list, tuple)):
         assert len(actual) == len(expected), where
-        for i, (a, e) in enumerate(zip(actual, expected)):
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
             assert_same(a, e, f"{where}/{i}")
     elif isinstance(expected, float) and math.isnan(expected):
         assert math.isnan(actual), where
@@ -330,7 +330,7 @@ def test_optimizer_and_scheduler_resume_identically(tmp_path, optimizer_name, sc
 
     assert _run(resumed, resumed_optimizer, resumed_scheduler, range(3, 6)) == _run(model, optimizer, scheduler,
                                                                                   range(3, 6))
-    for mine, theirs in zip(resumed.parameters(), model.parameters()):
+    for mine, theirs in zip(resumed.parameters(), model.parameters(), strict=True):
         assert torch.equal(mine, theirs)
     assert [g["lr"] for g in resumed_optimizer.param_groups] == [g["lr"] for g in optimizer.param_groups]
     if scheduler is not None:
@@ -349,7 +349,7 @@ def test_resume_without_the_state_would_diverge(tmp_path):
     fresh_scheduler = SCHEDULERS["multistep"](fresh_optimizer)
     _run(fresh, fresh_optimizer, fresh_scheduler, range(3, 6))
     _run(model, optimizer, scheduler, range(3, 6))
-    assert not all(torch.equal(a, b) for a, b in zip(fresh.parameters(), model.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(fresh.parameters(), model.parameters(), strict=True))
 
 
 # --- model checkpoints -----------------------------------------------------------------------

@@ -244,7 +244,8 @@ def test_state_dict_round_trip_resumes_bitwise():
     _train_steps(resumed_model, resumed_loss, resumed_optimizer, batches, range(4, 12))
 
     for original, resumed in zip(
-        [*model.parameters(), *loss_fn.parameters()], [*resumed_model.parameters(), *resumed_loss.parameters()], strict=True
+        [*model.parameters(), *loss_fn.parameters()], [*resumed_model.parameters(), *resumed_loss.parameters()],
+        strict=True,
     ):
         assert torch.equal(original, resumed)
     assert [g["lr"] for g in resumed_optimizer.param_groups] == [g["lr"] for g in optimizer.param_groups]

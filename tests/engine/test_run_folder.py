@@ -128,7 +128,8 @@ def places(tmp_path, monkeypatch):
 def _run_trained_with(tmp_path: Path, root) -> RunFolder:
     run = RunFolder(tmp_path / "run")
     run.path.mkdir(exist_ok=True)
-    run.config.write_text(yaml.safe_dump({"data": {"spec": "breastmnist", "root": None if root is None else str(root)}}))
+    data = {"spec": "breastmnist", "root": None if root is None else str(root)}
+    run.config.write_text(yaml.safe_dump({"data": data}))
     return run
 
 

@@ -111,8 +111,10 @@ def test_same_seed_same_history(medmnist_root, tmp_path):
 @pytest.mark.integration
 def test_correct_priors_shifts_only_the_saved_classifier_bias(medmnist_root, tmp_path):
     def run(name: str, **data) -> Path:
-        cfg = quick_config(data={"spec": "breastmnist", "root": str(medmnist_root), "class_weights": "balanced", **data},
-                      train={"seed": 7})
+        cfg = quick_config(
+            data={"spec": "breastmnist", "root": str(medmnist_root), "class_weights": "balanced", **data},
+            train={"seed": 7},
+        )
         train(cfg, tmp_path / name)
         return tmp_path / name
 
@@ -231,7 +233,7 @@ def test_ddp_two_cpu_processes_match_one(medmnist_root, tmp_path):
     assert ddp.returncode == 0, out[1][-2000:]
     one, two = read_history(tmp_path / "single" / "history.csv"), read_history(tmp_path / "ddp" / "history.csv")
     assert len(one) == len(two) == 2
-    for a, b in zip(one, two):  # same global batches of 64, gradients averaged over the two processes
+    for a, b in zip(one, two, strict=True):  # same global batches of 64, gradients averaged over the two processes
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
 

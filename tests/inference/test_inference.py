@@ -138,7 +138,7 @@ def test_evaluation_and_report_gallery_use_the_same_path(toy, monkeypatch):
     ids = evaluation.predictions.ids.tolist()
     names = list(evaluation.model[1].class_names)
     order = [ids.index(item["id"]) for item in items]
-    for item, row in zip(items, order):  # the confidence shown is the probability of the class shown
+    for item, row in zip(items, order, strict=True):  # the confidence shown is the probability of the class shown
         assert abs(item["conf"] - float(expected[row, names.index(item["pred"])])) <= 5e-5 + TORCH_ATOL
     assert all(model is evaluation.model[0] for model, _ in seen)
     shown = torch.cat([x for _, x in seen])  # Grad-CAM input, in gallery order
@@ -248,4 +248,5 @@ def test_server_positive_labels_follow_the_decision_rule_at_one_half(tmp_path):
     scores = np.array([list(entry["probabilities"].values())], np.float32)
     assert scores.tolist() == [[0.5, 0.5, 0.5]]  # exactly on the threshold
     decided = predicted_labels(scores, task=Task.MULTILABEL)[0]
-    assert entry["positive"] == [name for name, flag in zip(source.info.class_names, decided) if flag] == []
+    positive = [name for name, flag in zip(source.info.class_names, decided, strict=True) if flag]
+    assert entry["positive"] == positive == []

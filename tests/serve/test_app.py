@@ -106,16 +106,17 @@ def test_health_ready_and_model_card(client, predictor):
 
 def test_predictions_equal_predictor_on_the_same_files(client, predictor, test_pngs):
     names = [f"case{i}.png" for i in range(len(test_pngs))]
-    response = client.post("/v1/predict", files=_files(*zip(names, test_pngs)))
+    response = client.post("/v1/predict", files=_files(*zip(names, test_pngs, strict=True)))
     assert response.status_code == 200, response.text
     body = response.json()
-    expected = predictor.predict(np.stack([predictor.prepare(data, name) for name, data in zip(names, test_pngs)]))
+    prepared = [predictor.prepare(data, name) for name, data in zip(names, test_pngs, strict=True)]
+    expected = predictor.predict(np.stack(prepared))
     assert body["model"] == "cnn_small" and body["version"] == predictor.info["version"]
     assert set(body["timing_ms"]) == {"decode", "inference", "total"}
     timing = body["timing_ms"]
     assert timing["total"] >= timing["decode"] + timing["inference"] - 0.002  # each rounded to 1 µs
     assert [p["file"] for p in body["predictions"]] == names
-    for prediction, probs in zip(body["predictions"], expected):
+    for prediction, probs in zip(body["predictions"], expected, strict=True):
         assert list(prediction["probabilities"]) == ["malignant", "normal, benign"]
         np.testing.assert_allclose(list(prediction["probabilities"].values()), probs, rtol=1e-6, atol=1e-7)
         assert prediction["predicted"] == ["malignant", "normal, benign"][int(np.argmax(probs))]
@@ -483,15 +484,16 @@ def test_onnx_backend_serves_the_same_predictions(breast_run, predictor, test_pn
         _wait_ready(onnx_client)
         assert onnx_client.get("/v1/model").json()["backend"] == "onnx"
         body = onnx_client.post("/v1/predict", params={"explain": "true"},
-                                files=_files(*zip(names, test_pngs))).json()
+                                files=_files(*zip(names, test_pngs, strict=True))).json()
     served = np.array([list(p["probabilities"].values()) for p in body["predictions"]])
-    images = np.stack([onnx.prepare(data, name) for name, data in zip(names, test_pngs)])
+    images = np.stack([onnx.prepare(data, name) for name, data in zip(names, test_pngs, strict=True)])
     np.testing.assert_allclose(served, onnx.predict(images), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(served, predictor.predict(images), atol=1e-4)  # torch and ONNX agree
     assert all(base64.b64decode(p["overlay_png"]).startswith(PNG_MAGIC) for p in body["predictions"])
 
 
-def test_serve_command_exports_onnx_when_missing_and_binds_loopback(breast_run, tmp_path, monkeypatch, capsys, unfreeze_gc):
+def test_serve_command_exports_onnx_when_missing_and_binds_loopback(breast_run, tmp_path, monkeypatch, capsys,
+                                                                    unfreeze_gc):
     import uvicorn
 
     copy = tmp_path / "run"

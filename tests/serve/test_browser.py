@@ -55,7 +55,8 @@ def server(chromium, breast_run):
     from medlens.serve.app import create_app
     from medlens.serve.predictor import Predictor
 
-    base, uvicorn_server, thread = _serve(create_app(Predictor.load(breast_run, backend="torch"), api_key="browser-key"))
+    app = create_app(Predictor.load(breast_run, backend="torch"), api_key="browser-key")
+    base, uvicorn_server, thread = _serve(app)
     deadline = time.monotonic() + 30
     while httpx.get(f"{base}/readyz").status_code != 200:
         assert time.monotonic() < deadline, "the server never became ready"

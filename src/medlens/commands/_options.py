@@ -30,11 +30,15 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that resolves a dataset spec."""
     group = parser.add_argument_group("data")
     group.add_argument("--root", help="folder of MedMNIST .npz files (default: $MEDLENS_DATA, else ~/.medlens/data)")
-    group.add_argument("--size", type=positive_int, help="image edge in pixels (MedMNIST: 28/64/128/224, 3D 28/64; folders: default 64)")
+    group.add_argument("--size", type=positive_int,
+                       help="image edge in pixels (MedMNIST: 28/64/128/224, 3D 28/64; folders: default 64)")
     group.add_argument("--seed", type=int, default=0, help="seed of any split medlens makes (default 0)")
-    group.add_argument("--ratios", default="0.8/0.1/0.1", help="train/val/test ratios for unsplit folders (default 0.8/0.1/0.1)")
-    group.add_argument("--channels", type=int, choices=(1, 3), help="folders: force 1 or 3 channels (default: decided from the images)")
-    group.add_argument("--skip-bad", action="store_true", help="folders: skip unreadable files and list them, instead of failing")
+    group.add_argument("--ratios", default="0.8/0.1/0.1",
+                       help="train/val/test ratios for unsplit folders (default 0.8/0.1/0.1)")
+    group.add_argument("--channels", type=int, choices=(1, 3),
+                       help="folders: force 1 or 3 channels (default: decided from the images)")
+    group.add_argument("--skip-bad", action="store_true",
+                       help="folders: skip unreadable files and list them, instead of failing")
     group.add_argument("--no-download", action="store_true", help="fail instead of downloading a missing MedMNIST file")
     group.add_argument("--no-verify", action="store_true", help="skip the MD5 check of local MedMNIST files")
 
@@ -130,7 +134,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                         "training priors: probabilities for the training class mix, argmax for accuracy")
     g = p.add_argument_group("model")
     g.add_argument("--model", help="registered model (see 'medlens models'; default resnet18)")
-    g.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="model keyword, e.g. stem=small (repeatable)")
+    g.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                   help="model keyword, e.g. stem=small (repeatable)")
     g.add_argument("--pretrain", choices=("none", "autoencoder"), help="pre-train the encoder as an autoencoder first")
     g.add_argument("--pretrain-epochs", type=positive_int, help="autoencoder epochs (default 10)")
     g.add_argument("--no-channels-last", action="store_true", help="keep the default memory format for 2D convnets")
@@ -138,7 +143,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("augmentation (batched)")
     g.add_argument("--augment", help="preset: none, light or standard")
     g.add_argument("--aug", action="append", metavar="KEY=VALUE",
-                   help="one strength: hflip, vflip, rotate, shift, zoom, noise, brightness, contrast, mixup (repeatable)")
+                   help="one strength: hflip, vflip, rotate, shift, zoom, noise, brightness, contrast, mixup "
+                        "(repeatable)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--loss", choices=("auto", *LOSS_NAMES), help="default: ce, or bce for multi-label")
     g.add_argument("--optimizer", choices=list_optimizers(), help="default adam; pesg goes with --loss aucm")
@@ -161,8 +167,10 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                    help="train N runs with seeds SEED..SEED+N-1 under --out and report mean ± std")
     g.add_argument("--members", type=positive_int, metavar="K",
                    help="train K models one after another and save their ensemble (mean probability; default 1)")
-    g.add_argument("--monitor", choices=("val_auc", "val_acc", "val_loss"), help="picks the best checkpoint (default val_auc)")
-    g.add_argument("--early-stop", type=positive_int, metavar="PATIENCE", help="stop after this many epochs without improvement")
+    g.add_argument("--monitor", choices=("val_auc", "val_acc", "val_loss"),
+                   help="picks the best checkpoint (default val_auc)")
+    g.add_argument("--early-stop", type=positive_int, metavar="PATIENCE",
+                   help="stop after this many epochs without improvement")
     g.add_argument("--devices", help="devices per node for Lightning (default 1; 'auto')")
     g.add_argument("--strategy", help="Lightning strategy, e.g. ddp")
     g.add_argument("--num-nodes", type=positive_int)

@@ -320,7 +320,7 @@ def load_folder(
         return _load_cached(cache_dir, key)
 
     decoded = _decode_all(tree, files, size, workers or os.cpu_count() or 1)
-    bad = [(f, err) for f, (_, err, _) in zip(files, decoded) if err is not None]
+    bad = [(f, err) for f, (_, err, _) in zip(files, decoded, strict=True) if err is not None]
     if bad and not skip_bad:
         listed = "; ".join(f"{name} ({reason})" for name, reason in bad)
         raise ValueError(

@@ -53,7 +53,7 @@ class SplitDataset(torch.utils.data.Dataset):
         # torch's DataLoader fetches a whole batch through this: one gather, not len(indices).
         images, labels = self.split.take(np.asarray(indices))
         images_t, labels_t = torch.from_numpy(images), _labels_tensor(labels)
-        return list(zip(images_t.unbind(0), labels_t.unbind(0)))
+        return list(zip(images_t.unbind(0), labels_t.unbind(0), strict=True))
 
 
 class BatchLoader:

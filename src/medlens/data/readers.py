@@ -6,8 +6,8 @@ as 3D (a 2-D ``.npy``, or ``(H, W, 3|4)``, is a 2D image).
 Intensities: 8-bit images are kept as they are. Anything wider (16-bit PNG/TIFF, float
 ``.npy``, NIfTI, DICOM without a VOI window) is scaled per image from its own 0.5-99.5
 percentile range to 0-255, so brightness is comparable in shape, not in absolute units,
-across images; DICOM with a window uses the window (fixed units). Readers take bytes, so files inside a zip archive and on
-disk go through the same code. Every failure raises :class:`UnreadableImage` with a short reason.
+across images; DICOM with a window uses the window (fixed units). Readers take bytes, so files inside a zip
+archive and on disk go through the same code. Every failure raises :class:`UnreadableImage` with a short reason.
 
 Output layout: 2D ``(H, W)`` grayscale or ``(H, W, 3)`` colour; 3D ``(D, H, W)``.
 

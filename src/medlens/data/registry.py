@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 from medlens.data._medmnist_facts import MEDMNIST_FACTS
 
@@ -145,7 +145,7 @@ def _register_medmnist() -> None:
                 n_channels=facts["n_channels"],
                 spatial_dims=facts["spatial_dims"],
                 sizes=tuple(sorted(files)),
-                split_sizes=MappingProxyType(dict(zip(SPLITS, facts["split_sizes"]))),
+                split_sizes=MappingProxyType(dict(zip(SPLITS, facts["split_sizes"], strict=True))),
                 license=facts["license"],
                 files=MappingProxyType(files),
             )

@@ -298,7 +298,8 @@ def _labels_for_task(labels: np.ndarray, info: DatasetInfo, where: str) -> np.nd
         raise ValueError(f"{where}: labels have dtype {labels.dtype}; expected integer class ids")
     if info.task is Task.MULTILABEL:
         if labels.shape[1] != info.n_classes or not np.isin(labels, (0, 1)).all():
-            raise ValueError(f"{where}: multi-label rows must be 0/1 vectors of length {info.n_classes}, got shape {labels.shape}")
+            raise ValueError(f"{where}: multi-label rows must be 0/1 vectors of length {info.n_classes}, "
+                             f"got shape {labels.shape}")
         return labels.astype(np.uint8)
     if labels.shape[1] != 1:
         raise ValueError(f"{where}: expected one label per image, got shape {labels.shape}")

@@ -56,7 +56,8 @@ from medlens.data.registry import Task
 # (model, kwargs) ladders, cheapest first.
 LADDER_2D = (("cnn_small", {}), ("resnet_compact", {"width": 16}), ("resnet_compact", {"width": 24}),
              ("resnet_compact", {"width": 32}))
-LADDER_3D = (("resnet_compact", {"width": 8, "stem": "standard"}), ("resnet_compact", {"width": 16, "stem": "standard"}),
+LADDER_3D = (("resnet_compact", {"width": 8, "stem": "standard"}),
+             ("resnet_compact", {"width": 16, "stem": "standard"}),
              ("resnet_compact", {"width": 24, "stem": "standard"}))
 EPOCH_IMAGES = 60_000  # images a run should see at least: epochs needed = this / training images
 MIN_EPOCHS, MAX_EPOCHS = 8, 100
@@ -615,7 +616,7 @@ def build_train_config(overrides: dict | None = None, *, recipe: str = "default"
             config = replace(config, data=replace(config.data, correct_priors=True))
             plan.overrides["data"]["correct_priors"] = True
         else:
-            plan.reasons.append(f"no prior correction: your options give {'loss ' + loss if balanced else 'no balancing'}"
-                                f", which it does not fit")
+            plan.reasons.append("no prior correction: your options give "
+                                f"{'loss ' + loss if balanced else 'no balancing'}, which it does not fit")
             say(f"auto: {plan.reasons[-1]}")
     return config, plan

@@ -142,7 +142,8 @@ def read_sidecar(path: str | os.PathLike) -> dict:
     try:
         document = json.loads(side.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{side} is not valid JSON ({err.msg} at line {err.lineno}): the checkpoint is damaged") from None
+        raise ValueError(f"{side} is not valid JSON ({err.msg} at line {err.lineno}): "
+                         "the checkpoint is damaged") from None
     try:
         with safe_open(str(path), framework="pt") as handle:
             token = (handle.metadata() or {}).get("token")

@@ -29,7 +29,8 @@ def write_history(rows: list[dict], path: str | Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items() if k in HISTORY_COLUMNS})
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v)
+                         for k, v in row.items() if k in HISTORY_COLUMNS})
     with atomic_path(path) as tmp:
         tmp.write_text(buffer.getvalue())
 

@@ -152,7 +152,8 @@ def format_comparison(result: dict) -> str:
             cells = [entry["method"], f"{entry['auc']:.3f}", f"{entry['acc']:.3f}"]
             for name in names:
                 v = entry["versus"][name]
-                cells.append(f"{_delta(v['auc_delta'], v['auc_ci_excludes'])} / {_delta(v['acc_delta'], v['acc_ci_excludes'])}")
+                cells.append(f"{_delta(v['auc_delta'], v['auc_ci_excludes'])} / "
+                             f"{_delta(v['acc_delta'], v['acc_ci_excludes'])}")
             table.append(cells)
         header = ["published (MedMNIST v2)", "AUC", "ACC", *[f"{n}: dAUC / dACC" for n in names]]
         parts.append(f"{dataset}: published test results (Yang et al., Sci Data 2023); "

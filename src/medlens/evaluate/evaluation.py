@@ -132,7 +132,8 @@ def _other_source(spec: str, data_cfg, card):
     names, task = list(source.info.class_names), source.info.task.value
     if names != list(card.class_names) or task != card.task:
         raise ValueError(f"--data {spec} has classes {names} ({task}); the model was trained on "
-                         f"{list(card.class_names)} ({card.task}): evaluate on data with the same classes in the same order")
+                         f"{list(card.class_names)} ({card.task}): "
+                         "evaluate on data with the same classes in the same order")
     images = source.splits["test"].images
     if images.ndim - 2 != card.spatial_dims or images.shape[1] != card.in_channels:
         raise ValueError(f"--data {spec} holds {images.shape[1]}-channel {images.ndim - 2}D images; the model takes "
@@ -173,7 +174,7 @@ def _flag(spec: str) -> str:
 
 def _labels_text(y: np.ndarray, class_names: list[str], multilabel: bool) -> list[str]:
     if multilabel:  # the names of the positive labels, ';'-joined
-        return [";".join(n for n, on in zip(class_names, row) if on) for row in np.asarray(y)]
+        return [";".join(n for n, on in zip(class_names, row, strict=True) if on) for row in np.asarray(y)]
     return [class_names[int(i)] for i in np.asarray(y).reshape(-1)]
 
 
@@ -193,7 +194,7 @@ def _write(layout: RunFolder, split: str, data_name: str | None, metrics: dict, 
         writer = csv.writer(handle)
         writer.writerow(["id", "true", "predicted", *[f"p_{name}" for name in class_names]])
         for row in zip(predictions.ids, _labels_text(predictions.y_true, class_names, task.is_multilabel),
-                       _labels_text(predicted, class_names, task.is_multilabel), predictions.y_score):
+                       _labels_text(predicted, class_names, task.is_multilabel), predictions.y_score, strict=True):
             writer.writerow([row[0], row[1], row[2], *(f"{p:.6g}" for p in row[3])])
 
     name = f"{flag}_{split}_[AUC]{_three(metrics['auc'])}_[ACC]{_three(metrics['acc'])}@{run_name}.csv"
@@ -258,7 +259,8 @@ def parse_result_name(path: str | Path) -> dict:
     """
     match = _RESULT_NAME.match(Path(path).name)
     if not match:
-        raise ValueError(f"{Path(path).name!r} is not a MedMNIST result name <flag>_<split>_[AUC]x.xxx_[ACC]x.xxx@<run>.csv")
+        raise ValueError(f"{Path(path).name!r} is not a MedMNIST result name "
+                         "<flag>_<split>_[AUC]x.xxx_[ACC]x.xxx@<run>.csv")
     parts = match.groupdict()
     return {**parts, "auc": float(parts["auc"]), "acc": float(parts["acc"])}
 

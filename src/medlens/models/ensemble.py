@@ -61,7 +61,8 @@ class Ensemble(nn.Module):
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """``(B, K*F, *s) -> (B, classes)``: each member's head on its share, then combined."""
         sizes = [m.num_features for m in self.members]
-        logits = torch.stack([m.forward_head(f) for m, f in zip(self.members, features.split(sizes, dim=1))])
+        shares = features.split(sizes, dim=1)
+        logits = torch.stack([m.forward_head(f) for m, f in zip(self.members, shares, strict=True)])
         if self.combine == "softmax":
             return torch.logsumexp(logits.log_softmax(dim=-1), dim=0) - math.log(len(self.members))
         # log(mean p) - log(mean (1 - p)); the log K of both means cancels. log sigmoid(x) = -softplus(-x).

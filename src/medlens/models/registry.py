@@ -34,8 +34,9 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 

@@ -172,7 +172,8 @@ def _header(run: Path, card, train_metrics: dict) -> str:
              f"{card.input_size} px, {card.spatial_dims}D)"]
     best = train_metrics.get("best_epoch")
     if isinstance(best, list):  # an ensemble: one best epoch per member
-        facts.append(f"members' best epochs {', '.join(map(str, best))}; {train_metrics.get('epochs_run')} epochs in all"
+        facts.append(f"members' best epochs {', '.join(map(str, best))}; "
+                     f"{train_metrics.get('epochs_run')} epochs in all"
                      + (f", trained in {seconds:.0f} s" if seconds else ""))
     elif train_metrics:
         facts.append(f"best epoch {best} of {train_metrics.get('epochs_run')}"
@@ -277,7 +278,7 @@ def _gallery_indices(y_true: np.ndarray, predicted: np.ndarray, confidence: np.n
     quota = np.floor(raw).astype(int)
     quota[np.argsort(-(raw - quota), kind="stable")[: room - quota.sum()]] += 1
     picked = np.concatenate([rng.choice(right[y_true[right] == cls], size=take, replace=False)
-                             for cls, take in zip(classes, quota)])
+                             for cls, take in zip(classes, quota, strict=True)])
     return np.concatenate([wrong, np.sort(picked)])
 
 
@@ -342,7 +343,8 @@ def _gallery_section(evaluation, *, limit: int, explain: bool) -> str:
 
 
 def _plots(title: str, figures: list[dict]) -> str:
-    divs = "".join(f"<div class=plot data-figure='{html.escape(json.dumps(fig, allow_nan=False, default=_nan), quote=True)}'>"
+    divs = "".join("<div class=plot data-figure='"
+                   f"{html.escape(json.dumps(fig, allow_nan=False, default=_nan), quote=True)}'>"
                    "</div>" for fig in (json_ready(f) for f in figures))
     return f"<section><h2>{_e(title)}</h2><div class=grid>{divs}</div></section>"
 
@@ -360,7 +362,7 @@ def _page(title: str, sections: list[str]) -> str:
     plotly_js = get_plotlyjs().replace("</script", "<\\/script")
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><meta name=viewport content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; img-src data: blob:; font-src data:">
+<meta http-equiv="Content-Security-Policy" content="{_CSP}">
 <title>{_e(title)}</title><style>{_CSS}</style></head>
 <body>{body}
 <script>{plotly_js}</script>
@@ -373,8 +375,8 @@ def _table(header: list[str], rows: list[list[str]], *, raw: bool = False, last_
     cell = (lambda v: v) if raw else _e
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = "".join(
-        f"<tr{' class=total' if last_bold and i == len(rows) - 1 else ''}>" + "".join(f"<td>{cell(v)}</td>" for v in row)
-        + "</tr>" for i, row in enumerate(rows))
+        f"<tr{' class=total' if last_bold and i == len(rows) - 1 else ''}>"
+        + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for i, row in enumerate(rows))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -406,8 +408,14 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+# The page's Content-Security-Policy: its inline script and style only, nothing fetched.
+_CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
+        "img-src data: blob:; font-src data:")
+
+# A line ending in a backslash goes on with the next: the stylesheet has no line break there.
 _CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:16px;color:#222}
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;\
+margin:0 auto;max-width:1200px;padding:16px;color:#222}
 h1{margin:.2em 0}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
 .muted{color:#777}.warn{background:#fff4e5;border-left:4px solid #f0a020;padding:6px 10px}
 .big{font-size:18px}table{border-collapse:collapse;margin:8px 0}
@@ -418,7 +426,8 @@ tr.total td{font-weight:bold;border-top:2px solid #999}.ahead{color:#08711f}.beh
 .controls{margin:8px 0}.controls label{margin-right:14px}
 #gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(130px,1fr));gap:8px;max-height:900px;overflow-y:auto}
 .card{border:2px solid #ccc;border-radius:4px;padding:4px;font-size:12px;cursor:pointer;background:#fff}
-.card.wrong{border-color:#d33}.card.correct{border-color:#3a3}.card img{width:100%;image-rendering:pixelated;display:block}
+.card.wrong{border-color:#d33}.card.correct{border-color:#3a3}\
+.card img{width:100%;image-rendering:pixelated;display:block}
 .card .lab{font-size:11px;line-height:1.25;overflow-wrap:anywhere}
 """
 

@@ -269,7 +269,8 @@ class _ModelThread:
             (kind, *payload), _, _ = item
             if kind == "call":
                 fn, args = payload
-                self._settle([item], lambda: [fn(*args)])
+                # _settle calls compute before returning: the default arguments only make the binding explicit.
+                self._settle([item], lambda fn=fn, args=args: [fn(*args)])
                 continue
             # Stack every prediction already waiting with the same image shape (up to max_batch).
             batch = [item]
@@ -284,7 +285,7 @@ class _ModelThread:
                     break
                 batch.append(nxt)
                 count += len(nxt[0][1])
-            self._settle(batch, lambda: self._predict_batch([job[1] for job, _, _ in batch]))
+            self._settle(batch, lambda batch=batch: self._predict_batch([job[1] for job, _, _ in batch]))
 
     def _predict_batch(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         images = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
@@ -299,7 +300,7 @@ class _ModelThread:
             for _, loop, future in items:
                 loop.call_soon_threadsafe(_set_exception, future, exc)
             return
-        for (_, loop, future), result in zip(items, results):
+        for (_, loop, future), result in zip(items, results, strict=True):
             loop.call_soon_threadsafe(_set_result, future, result)
 
 
@@ -566,8 +567,10 @@ def _add_predict_route(v1: APIRouter, service: _Service) -> None:
 
     @v1.post("/predict", openapi_extra=_PREDICT_OPENAPI,
              summary="Classify one or more uploaded images (multipart field 'files')")
-    async def predict(request: Request,
-                      explain: bool = Query(False, description="add a Grad-CAM overlay PNG (base64) per image")) -> dict:
+    async def predict(
+        request: Request,
+        explain: bool = Query(False, description="add a Grad-CAM overlay PNG (base64) per image"),
+    ) -> dict:
         started = time.perf_counter()
         uploads = await _read_uploads(request, max_bytes=limits.max_upload_bytes, max_files=limits.max_files)
         service.check_formats(uploads)

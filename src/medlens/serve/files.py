@@ -75,10 +75,10 @@ def predict_files(predictor, paths: list[Path], *, explain_dir: Path | None = No
             if images:
                 batch = np.stack(images)  # (B, C, *spatial)
                 probabilities = predictor.predict(batch)  # (B, K)
-                for path, image, probs in zip(ready, batch, probabilities):
+                for path, image, probs in zip(ready, batch, probabilities, strict=True):
                     best = int(np.argmax(probs))
                     row = {"file": str(path), "predicted": names[best], "probability": float(probs[best])}
-                    row.update({f"p_{name}": float(p) for name, p in zip(names, probs)})
+                    row.update({f"p_{name}": float(p) for name, p in zip(names, probs, strict=True)})
                     rows.append(row)
                     if explain_dir is not None:
                         # Explain the class reported in the row, whichever backend predicted it.
