@@ -59,3 +59,16 @@ def test_engine_train_refuses_an_ensemble_and_names_the_workflow(tmp_path):
     with pytest.raises(ValueError, match="medlens.workflows.train"):
         train_one(config, tmp_path / "ens")
     assert not (tmp_path / "ens").exists()
+
+
+def test_an_ensemble_is_not_started_over_an_existing_run(tmp_path):
+    """The same check as a single run's, before any data is read: the folder's run is left as it is."""
+    from medlens.engine.config import build_config, write_yaml
+
+    config = build_config({"data": {"spec": "breastmnist"}, "train": {"members": 2}})
+    write_yaml(config, tmp_path / "config.yaml")
+    before = (tmp_path / "config.yaml").read_text()
+    with pytest.raises(FileExistsError, match="already holds a run; continue it with --resume"):
+        train(config, tmp_path)
+    assert (tmp_path / "config.yaml").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]

@@ -101,10 +101,20 @@ def train(config: RunConfig, out: str | os.PathLike, *, source=None) -> TrainRes
     if config.train.members > 1:
         raise ValueError(f"train.members {config.train.members} is an ensemble of several runs: train it with "
                          "medlens.workflows.train (or medlens train --members K)")
+    check_new_run(run_dir)
+    return _run(config, run_dir, resume=False, source=source)
+
+
+def check_new_run(run_dir: Path) -> None:
+    """Refuse to start a run (single or ensemble) in a folder that already holds one.
+
+    Raises:
+        FileExistsError: ``run_dir`` holds a run (checked on the main process only: DDP workers
+            start inside the folder the main process just made).
+    """
     if RunFolder(run_dir).is_run and _global_rank() == 0:
         raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                               "or choose another --out")
-    return _run(config, run_dir, resume=False, source=source)
 
 
 def resume(run_dir: str | os.PathLike, *, source=None) -> TrainResult:

@@ -40,9 +40,11 @@ def train_ensemble(cfg, run_dir: str | Path, *, resume: bool = False):
         :class:`~medlens.engine.train.TrainResult` of the ensemble.
     """
     from medlens.engine.config import resolve_data
-    from medlens.engine.train import model_and_loss, run_log, say, start_or_check
+    from medlens.engine.train import check_new_run, model_and_loss, run_log, say, start_or_check
 
     run_dir = Path(run_dir)
+    if not resume:
+        check_new_run(run_dir)
     folder = RunFolder(run_dir)
     start = time.perf_counter()
     with run_log(run_dir):
@@ -51,7 +53,7 @@ def train_ensemble(cfg, run_dir: str | Path, *, resume: bool = False):
         start_or_check(cfg, run_dir, source, resume=resume, write=True)
         say(f"ensemble: {cfg.train.members} members of {cfg.model.name} -> {folder.members_dir}")
         members = _train_members(cfg, run_dir, source, start)
-        ensemble, card, results = _assemble(cfg, run_dir, source, members)
+        results = _assemble(cfg, run_dir, source, members)
         metrics = _write_metrics(cfg, run_dir, source, members, results)
         _track(cfg, run_dir, results, metrics)
         singles = ", ".join(f"{m['test']['auc']:.3f}" for _, m in members)
@@ -110,8 +112,8 @@ def _train_members(cfg, run_dir: Path, source, start: float) -> list[tuple[Path,
     return members
 
 
-def _assemble(cfg, run_dir: Path, source, members: list[tuple[Path, dict]]):
-    """One ``ensemble`` model of the members' best checkpoints, scored and saved as ``checkpoints/best``."""
+def _assemble(cfg, run_dir: Path, source, members: list[tuple[Path, dict]]) -> dict:
+    """One ``ensemble`` model of the members' best checkpoints, saved as ``checkpoints/best``; its val/test scores."""
     from medlens.engine.checkpoint import load_model, save_model
     from medlens.engine.train import score
     from medlens.models import create_model
@@ -135,7 +137,7 @@ def _assemble(cfg, run_dir: Path, source, members: list[tuple[Path, dict]]):
     folder = RunFolder(run_dir)
     folder.checkpoints.mkdir(exist_ok=True)
     save_model(ensemble, card, folder.best)
-    return ensemble, card, results
+    return results
 
 
 def _write_metrics(cfg, run_dir: Path, source, members: list[tuple[Path, dict]], results: dict) -> dict:

@@ -37,8 +37,6 @@ def train(config, out: str | os.PathLike, *, plan=None):
     from medlens.engine import train as engine
 
     if config.train.members > 1:
-        if RunFolder(out).is_run:
-            raise FileExistsError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
         from medlens.workflows.ensemble import train_ensemble
 
         result = train_ensemble(config, out)
