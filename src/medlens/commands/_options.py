@@ -37,6 +37,12 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
                        help="train/val/test ratios for unsplit folders (default 0.8/0.1/0.1)")
     group.add_argument("--channels", type=int, choices=(1, 3),
                        help="folders: force 1 or 3 channels (default: decided from the images)")
+    add_source_flags(group)
+
+
+def add_source_flags(group) -> None:
+    """How a dataset is read: the flags every command that resolves a dataset spec takes (the data
+    layer's error messages recommend them, so each of those commands must have them)."""
     group.add_argument("--skip-bad", action="store_true",
                        help="folders: skip unreadable files and list them, instead of failing")
     group.add_argument("--no-download", action="store_true", help="fail instead of downloading a missing MedMNIST file")
@@ -74,6 +80,8 @@ def train_overrides(args: argparse.Namespace) -> dict:
     flags = {
         "data": {"spec": args.data, "root": args.root, "size": args.size, "ratios": args.ratios,
                  "channels": args.channels, "batch_size": args.batch_size, "class_weights": args.class_weights,
+                 "skip_bad": True if args.skip_bad else None, "download": False if args.no_download else None,
+                 "verify": False if args.no_verify else None,
                  "oversample": True if args.oversample else None,
                  "correct_priors": True if args.correct_priors else None, "split_seed": args.seed},
         "model": {"name": args.model, "pretrain": args.pretrain, "pretrain_epochs": args.pretrain_epochs,
@@ -126,6 +134,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--size", type=positive_int, help="image edge in pixels")
     g.add_argument("--ratios", help="train/val/test ratios for unsplit folders (default 0.8/0.1/0.1)")
     g.add_argument("--channels", type=int, choices=(1, 3), help="folders: force 1 or 3 channels")
+    add_source_flags(g)
     g.add_argument("--batch-size", type=positive_int, help="images per batch per process (default 128)")
     g.add_argument("--class-weights", choices=("none", "balanced"), help="weight the loss by inverse class frequency")
     g.add_argument("--oversample", action="store_true", help="sample training images inversely to class size")

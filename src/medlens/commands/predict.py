@@ -64,7 +64,11 @@ def run(args: argparse.Namespace) -> int:
     if explain_dir is not None and rows:
         print(f"Grad-CAM overlays written to {explain_dir}", file=sys.stderr)
     if failed:
-        print(f"medlens: {len(failed)} of {len(paths)} file(s) could not be predicted", file=sys.stderr)
+        if args.skip_bad:
+            print(f"medlens: skipped {len(failed)} of {len(paths)} unreadable file(s) (--skip-bad)", file=sys.stderr)
+            return 0
+        print(f"medlens: {len(failed)} of {len(paths)} file(s) could not be predicted (the others were; "
+              "pass --skip-bad to exit 0 when some files are unreadable)", file=sys.stderr)
         return 1
     return 0
 
@@ -82,4 +86,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="torch (default) or onnx (needs `medlens export RUN --format onnx` first)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="list unreadable files and exit 0 (default: they are listed and the exit status is 1)")
     p.set_defaults(func=run)

@@ -60,6 +60,10 @@ class DataConfig:
         split_seed: seed of any split medlens makes for unsplit folders.
         ratios: train/val/test ratios for unsplit folders.
         channels: force 1 or 3 channels for folders (None: decided from the images).
+        skip_bad: folders: leave unreadable files out (each is listed in the run's first lines
+            and in the model card) instead of failing on them.
+        download: download a missing MedMNIST file (false: fail and say how to fetch it).
+        verify: check the MD5 of MedMNIST files (false: ``--no-verify``).
         batch_size: images per batch per process.
         class_weights: ``none`` or ``balanced`` (scikit-learn's ``n / (k * count)``) in the loss.
         oversample: draw training batches with probability inversely proportional to class size.
@@ -83,6 +87,9 @@ class DataConfig:
     split_seed: int = 0
     ratios: str = "0.8/0.1/0.1"
     channels: int | None = None
+    skip_bad: bool = False
+    download: bool = True
+    verify: bool = True
     batch_size: int = 128
     class_weights: str = "none"
     oversample: bool = False
@@ -97,6 +104,8 @@ class DataConfig:
             _at_least("data.size", self.size, 1, integer=True)
         if self.channels is not None and (isinstance(self.channels, bool) or self.channels not in (1, 3)):
             raise ValueError(f"data.channels must be 1, 3 or null; got {self.channels!r}")
+        for name in ("skip_bad", "download", "verify"):
+            _flag(f"data.{name}", getattr(self, name))
         _at_least("data.batch_size", self.batch_size, 1, integer=True)
         _at_least("data.split_seed", self.split_seed, 0, integer=True)
         _choice("data.class_weights", self.class_weights, CLASS_WEIGHTS)
@@ -431,7 +440,8 @@ def resolve_data(data: DataConfig):
     from medlens.data.source import resolve, with_fold
 
     source = resolve(data.spec, root=data.root, size=data.size, seed=data.split_seed, ratios=data.ratios,
-                     channels=data.channels)
+                     channels=data.channels, skip_bad=data.skip_bad, download_missing=data.download,
+                     verify=data.verify)
     if data.folds:
         source = with_fold(source, folds=data.folds, fold=data.fold, seed=data.split_seed)
     return source

@@ -209,6 +209,9 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
     source = source if source is not None else resolve_data(cfg.data)
     for warning in source.warnings:
         say(f"warning: {warning}", rank)
+    if source.bad_files:
+        say(f"warning: skipped {len(source.bad_files)} unreadable file(s) (data.skip_bad): "
+            + "; ".join(f"{name} ({reason})" for name, reason in source.bad_files), rank)
     train_split = source.splits["train"]
     spatial_dims = train_split.images.ndim - 2
     model, loss, loss_name, class_weights, logit_shift = model_and_loss(cfg, source)
@@ -276,7 +279,8 @@ def _model_card(cfg: RunConfig, source, normalisation):
         dataset={"spec": source.spec, "fingerprint": source.fingerprint, "split_method": source.split_method,
                  "sizes": {k: len(v) for k, v in source.splits.items()},
                  "class_counts": {k: v.tolist() for k, v in source.class_counts().items()},
-                 "warnings": list(source.warnings)},
+                 "warnings": list(source.warnings),
+                 "skipped_files": [name for name, _ in source.bad_files]},
         config=cfg.to_dict(), versions=_versions(),
     )
 

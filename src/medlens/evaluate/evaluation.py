@@ -62,7 +62,8 @@ class Evaluation:
 
 
 def evaluate_run(run: str | Path, *, split: str = "test", data: str | None = None, root: str | None = None,
-                 n_bootstrap: int = 1000, seed: int = 0, batch_size: int = 256) -> Evaluation:
+                 n_bootstrap: int = 1000, seed: int = 0, batch_size: int = 256, skip_bad: bool | None = None,
+                 download: bool | None = None, verify: bool | None = None) -> Evaluation:
     """Predict with a run's best checkpoint on one split and write the evaluation files.
 
     Args:
@@ -75,6 +76,8 @@ def evaluate_run(run: str | Path, *, split: str = "test", data: str | None = Non
         n_bootstrap: bootstrap resamples for the confidence intervals (0: none).
         seed: seed of the bootstrap.
         batch_size: images per forward pass.
+        skip_bad, download, verify: how the data is read (the run's ``data`` config entries of
+            the same names); None: as the run was trained.
 
     Returns:
         :class:`Evaluation`.
@@ -99,7 +102,9 @@ def evaluate_run(run: str | Path, *, split: str = "test", data: str | None = Non
         raise FileNotFoundError(f"{run_dir} is not a finished medlens run folder: {checkpoint} is missing")
     model, card = load_model(checkpoint)
     config = load_run_config(run_dir)
-    data_cfg = replace(config.data, root=str(layout.data_root(root, config=config.to_dict())))
+    reading = {k: v for k, v in {"skip_bad": skip_bad, "download": download, "verify": verify}.items()
+               if v is not None}
+    data_cfg = replace(config.data, root=str(layout.data_root(root, config=config.to_dict())), **reading)
     source = resolve_data(data_cfg) if data is None else _other_source(data, data_cfg, card)
     data_name = None if data is None else _slug(source.spec)
     task = Task(card.task)
@@ -128,7 +133,8 @@ def _other_source(spec: str, data_cfg, card):
     # A spec with its own size (breastmnist@64) loads that file and is resized to the model's input.
     parsed = parse_spec(spec)
     source = resolve(spec, root=data_cfg.root, size=parsed.size or card.input_size, seed=data_cfg.split_seed,
-                     ratios=data_cfg.ratios, channels=card.in_channels if parsed.source.decodes_images else None)
+                     ratios=data_cfg.ratios, channels=card.in_channels if parsed.source.decodes_images else None,
+                     skip_bad=data_cfg.skip_bad, download_missing=data_cfg.download, verify=data_cfg.verify)
     names, task = list(source.info.class_names), source.info.task.value
     if names != list(card.class_names) or task != card.task:
         raise ValueError(f"--data {spec} has classes {names} ({task}); the model was trained on "
