@@ -325,7 +325,7 @@ RECIPES: dict[str, dict] = {
 
 
 def _merge(base: dict, update: dict, where: str = "") -> dict:
-    """Deep-merge ``update`` into a copy of ``base``; model.kwargs merges as a whole mapping."""
+    """Deep-merge ``update`` into a copy of ``base``; model.kwargs replaces as a whole mapping."""
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict) and f"{where}{key}" != "model.kwargs":
@@ -374,12 +374,37 @@ def build_config(overrides: dict | None = None, *, recipe: str = "default", file
     """
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; valid: {', '.join(RECIPES)}")
-    raw = _merge({}, RECIPES[recipe])
-    if plan:
-        raw = _merge(raw, plan)
-    if file is not None:
-        raw = _merge(raw, read_yaml(file))
-    return config_from_dict(_merge(raw, overrides or {}))
+    layers = [RECIPES[recipe], plan or {}, read_yaml(file) if file is not None else {}, overrides or {}]
+    raw: dict = {}
+    for layer in layers:
+        raw = _merge(raw, _without_model_kwargs(layer))
+    if not isinstance(raw.get("model") or {}, dict):
+        return config_from_dict(raw)  # which names the bad section
+    model = dict(raw.get("model") or {})
+    name = model.get("name", ModelConfig.name)
+    kwargs: dict = {}
+    for layer in layers:
+        section = layer.get("model") or {}
+        if not isinstance(section, dict) or "kwargs" not in section:
+            continue
+        # A layer's model options are options of the model that layer names (the recipe's width 24
+        # is resnet_compact's): they apply only when that is the model trained. A layer naming no
+        # model (a --model-arg flag, a YAML file of kwargs only) speaks of the model in the end.
+        # The last layer that gives options replaces them as a whole mapping (a key can be removed).
+        if section.get("name", name) == name:
+            kwargs = section["kwargs"]
+    if kwargs or "kwargs" in model:
+        model["kwargs"] = kwargs
+    if model:
+        raw["model"] = model
+    return config_from_dict(raw)
+
+
+def _without_model_kwargs(layer: dict) -> dict:
+    """``layer`` without ``model.kwargs`` (merged per model by :func:`build_config`)."""
+    if not isinstance(layer.get("model"), dict) or "kwargs" not in layer["model"]:
+        return layer
+    return {**layer, "model": {k: v for k, v in layer["model"].items() if k != "kwargs"}}
 
 
 def _yaml_loader():
