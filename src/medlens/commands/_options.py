@@ -185,5 +185,6 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-nodes", type=positive_int)
     g.add_argument("--precision", help="Lightning precision (default 32-true; bf16 is slow on CPUs without it)")
     g.add_argument("--tracking-uri", help="MLflow URI (default sqlite:///<runs folder>/mlflow.db; 'none' to disable)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress display (a bar per epoch on a terminal, else a line per epoch)")
     g.add_argument("--no-report", action="store_true", help="do not write report.html at the end")

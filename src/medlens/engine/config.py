@@ -227,7 +227,7 @@ class TrainConfig:
         precision: Lightning precision (``32-true`` default: bf16 is 6-22x slower on this CPU).
         tracking_uri: MLflow tracking URI (None: ``sqlite:///<runs folder>/mlflow.db``;
             ``none``: no MLflow).
-        progress: show a progress bar per epoch.
+        progress: show the progress on stderr: a bar per epoch on a terminal, one line per epoch elsewhere.
         max_seconds: stop training after this many seconds even if epochs remain (the best
             checkpoint so far is kept; ``--recipe auto`` sets it from the budget). None: no limit.
             With ``members`` > 1 it bounds all members together.

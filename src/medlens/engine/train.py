@@ -199,7 +199,7 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
     import lightning.pytorch as pl
 
     from medlens.data.augment import channel_stats
-    from medlens.engine.callbacks import RunRecorder
+    from medlens.engine.callbacks import EpochProgress, RunRecorder
     from medlens.engine.config import resolve_data
     from medlens.engine.module import ClassifierModule
     from medlens.engine.tracking import Tracker, default_tracking_uri
@@ -226,8 +226,11 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
     datamodule = _DataModule(source, cfg, oversample=cfg.data.oversample, num_classes=source.info.n_classes)
     uri = cfg.train.tracking_uri or default_tracking_uri(run_dir)
     tracker = Tracker(uri, run_dir, cfg.to_dict()) if rank == 0 else Tracker("none", run_dir, {})
-    recorder = RunRecorder(run_dir, card, cfg.train.monitor, cfg.train.monitor_mode, tracker, logit_shift)
-    trainer = _trainer(cfg, run_dir, recorder)
+    progress = EpochProgress() if cfg.train.progress and rank == 0 else None
+    recorder = RunRecorder(run_dir, card, cfg.train.monitor, cfg.train.monitor_mode, tracker, logit_shift,
+                           patience=cfg.train.early_stop, progress=progress,
+                           say=lambda message: print(message, file=sys.stderr, flush=True))
+    trainer = _trainer(cfg, run_dir, recorder, progress)
     folder = RunFolder(run_dir)
     status = "FAILED"
     try:
@@ -304,27 +307,22 @@ def _prepare_model(model, cfg: RunConfig, source, normalisation, run_dir: Path, 
     return model
 
 
-def _trainer(cfg: RunConfig, run_dir: Path, recorder):
-    """The Lightning trainer of the run: the recorder, early stopping and the progress bar as asked."""
+def _trainer(cfg: RunConfig, run_dir: Path, recorder, progress=None):
+    """The Lightning trainer of the run: the recorder (which also stops early) and medlens's progress display.
+
+    Lightning's progress bar is always off: :class:`~medlens.engine.callbacks.EpochProgress` is the
+    one display (a bar per epoch on a terminal, a plain line per epoch elsewhere).
+    """
     import lightning.pytorch as pl
 
-    from medlens.engine.callbacks import EpochProgressBar
     from medlens.engine.checkpoint import safetensors_checkpoint_io
 
-    callbacks = [recorder]
-    if cfg.train.early_stop:
-        from lightning.pytorch.callbacks import EarlyStopping
-
-        callbacks.append(EarlyStopping(monitor=cfg.train.monitor, mode=cfg.train.monitor_mode,
-                                       patience=cfg.train.early_stop, check_on_train_epoch_end=True,
-                                       check_finite=False))
-    if cfg.train.progress:
-        callbacks.append(EpochProgressBar())
+    callbacks = [recorder] + ([progress] if progress is not None else [])
     return pl.Trainer(
         accelerator="auto", devices=cfg.train.devices, strategy=cfg.train.strategy,
         num_nodes=cfg.train.num_nodes, precision=cfg.train.precision, max_epochs=cfg.train.epochs,
         max_time=None if cfg.train.max_seconds is None else timedelta(seconds=cfg.train.max_seconds),
-        logger=False, callbacks=callbacks, enable_progress_bar=cfg.train.progress,
+        logger=False, callbacks=callbacks, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, gradient_clip_val=cfg.optim.grad_clip,
         plugins=[safetensors_checkpoint_io()], default_root_dir=str(run_dir), use_distributed_sampler=False,
     )
