@@ -34,3 +34,36 @@ def test_bench_on_breastmnist_respects_the_budget_and_resumes(medmnist_root, tmp
     assert main(args) == 0
     assert "finished earlier, kept" in capsys.readouterr().err
     assert json.loads(summary_file.read_text())["records"] == summary["records"]
+
+
+def _bench_readme_arg(monkeypatch, cwd) -> object:
+    """The ``readme`` that ``medlens bench`` (run in ``cwd``, no --readme) passes on; nothing is trained."""
+    from medlens.workflows import bench as workflow
+
+    seen = {}
+
+    def fake_bench(datasets, **kwargs):
+        seen.update(kwargs)
+        return {"rows": [], "date": "today"}
+
+    monkeypatch.setattr(workflow, "bench", fake_bench)
+    monkeypatch.chdir(cwd)
+    assert main(["bench", "--datasets", "breastmnist", "--work", str(cwd / "w"), "--results", str(cwd / "r")]) == 0
+    return seen["readme"]
+
+
+def test_bench_readme_defaults_to_the_project_only_inside_it(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    from medlens.workflows.bench import project_readme
+
+    other = tmp_path / "other-repo"
+    (other / "benchmarks").mkdir(parents=True)
+    (other / "pyproject.toml").write_text('[project]\nname = "someone-else"\n')
+    (other / "benchmarks" / "README.md").write_text("theirs\n")
+    assert _bench_readme_arg(monkeypatch, other) is None
+    assert "no README is rewritten" in capsys.readouterr().err
+    assert project_readme(tmp_path) is None and project_readme(other / "benchmarks") is None
+    repo = Path(__file__).resolve().parents[2]
+    assert _bench_readme_arg(monkeypatch, repo / "src") == repo / "benchmarks" / "README.md"
+    assert (other / "benchmarks" / "README.md").read_text() == "theirs\n"

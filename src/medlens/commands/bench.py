@@ -16,10 +16,15 @@ def run(args: argparse.Namespace) -> int:
     from medlens.engine.auto import parse_budget
     from medlens.workflows.bench import bench, default_folder_root
 
+    from medlens.workflows.bench import project_readme
+
+    readme = project_readme() if args.readme is None else (Path(args.readme) if args.readme else None)
+    if args.readme is None and readme is None:
+        _say("bench: not inside the medlens project, so no README is rewritten (--readme FILE names one)")
     folder_root = args.folder_root if args.folder_root is not None else default_folder_root()
     summary = bench(args.datasets, budget_s=parse_budget(args.budget), budget_3d_s=parse_budget(args.budget_3d),
                     seeds=args.seeds, work=Path(args.work), results=Path(args.results),
-                    readme=Path(args.readme) if args.readme else None, folder_root=folder_root, say=_say)
+                    readme=readme, folder_root=folder_root, say=_say)
     from medlens.workflows.bench import format_markdown
 
     print(format_markdown(summary["rows"], when=summary["date"]))
@@ -40,7 +45,8 @@ def add_parser(commands) -> None:
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds per dataset (default 3)")
     p.add_argument("--work", default="runs/bench", help="run folders, one per dataset and seed (default runs/bench)")
     p.add_argument("--results", default="benchmarks/results", help="where bench-<date>.json/.md go")
-    p.add_argument("--readme", default="benchmarks/README.md",
-                   help="markdown file whose bench section is regenerated ('' for none)")
+    p.add_argument("--readme",
+                   help="markdown file whose bench section is regenerated (default: the medlens project's "
+                        "benchmarks/README.md when run inside the project, else none; '' for none)")
     p.add_argument("--folder-root", help="folder holding medical_mnist/ and covid19/ (default: beside $MEDLENS_DATA)")
     p.set_defaults(func=run)

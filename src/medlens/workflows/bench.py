@@ -191,6 +191,32 @@ def format_markdown(rows: list[dict], *, when: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+PROJECT_README = Path("benchmarks") / "README.md"
+
+
+def project_readme(start: str | Path | None = None) -> Path | None:
+    """``benchmarks/README.md`` of the medlens project that ``start`` (default: the working folder)
+    is in, or None when it is in no medlens project.
+
+    ``bench`` rewrites a section of that file: a default relative to the working folder would
+    rewrite the README of whatever repository the user happens to be in. The project is the
+    nearest folder above ``start`` with a ``pyproject.toml`` whose ``[project] name`` is medlens.
+    """
+    import tomllib
+
+    here = Path(start if start is not None else Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        pyproject = folder / "pyproject.toml"
+        if not pyproject.is_file():
+            continue
+        try:
+            name = tomllib.loads(pyproject.read_text()).get("project", {}).get("name")
+        except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError):
+            return None
+        return folder / PROJECT_README if name == "medlens" else None
+    return None
+
+
 def write_readme_table(readme: Path, table: str) -> None:
     """Replace the text between the bench markers of ``readme`` (appending a section if absent)."""
     text = readme.read_text() if readme.is_file() else ""
