@@ -145,3 +145,30 @@ def test_errors_are_shown_on_the_page(page, tmp_path):
     assert page.is_visible("#error") and not page.is_visible("#result")
     # Failed requests log console errors by design; nothing else may fail.
     assert all("status of 4" in text for text in problems), problems
+
+
+def test_docs_render_with_the_network_off(browser, server):
+    """``/docs`` loads Swagger UI from the server itself: with every other host unreachable (a
+    hospital network, an air-gapped machine) the operations are still listed."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context()
+    outside = []
+
+    def only_the_server(route):
+        if route.request.url.startswith(server):
+            route.continue_()
+        else:  # the network is off for every other host
+            outside.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    context.route("**/*", only_the_server)
+    page = context.new_page()
+    problems = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto(f"{server}/docs")
+    expect(page.locator(".swagger-ui .opblock-summary-path").first).to_be_visible(timeout=30_000)
+    paths = page.locator(".swagger-ui .opblock-summary-path").all_text_contents()
+    assert any("/v1/predict" in path for path in paths), paths
+    assert not outside and not problems, (outside, problems)
+    context.close()

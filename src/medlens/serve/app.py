@@ -7,7 +7,8 @@ Endpoints:
 - ``GET /v1/model``: the model card summary (classes, task, input size, training data, metrics).
 - ``GET /healthz``: the process answers. ``GET /readyz``: the model is loaded and a warm-up
   request (decode, prediction and Grad-CAM of a blank image) has run (503 before that).
-- ``GET /``: a self-contained upload page (no external assets). ``GET /docs``: OpenAPI UI.
+- ``GET /``: a self-contained upload page (no external assets). ``GET /docs``: OpenAPI UI (Swagger UI
+  served from local files, so it works offline).
 
 Every limit (body size, files per request, pixels per image, formats) is checked before the
 expensive step it protects, and every violation answers 4xx with ``{"error": "..."}`` naming the
@@ -46,6 +47,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -667,9 +669,13 @@ def create_app(predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
     """
     _check_settings(max_upload_bytes=max_upload_bytes, max_files=max_files, max_pixels=max_pixels, api_key=api_key)
     service = _Service(predictor, max_upload_bytes=max_upload_bytes, max_files=max_files, max_pixels=max_pixels)
-    app = FastAPI(title="medlens", version=str(service.version or ""), lifespan=_lifespan(service, freeze_gc=freeze_gc),
-                  description=f"{service.card.architecture} ({service.task.value}: {', '.join(service.class_names)}) "
-                              f"served with {predictor.backend}.")
+    # FastAPIOffline: FastAPI whose /docs and /redoc load Swagger UI and ReDoc from files the
+    # fastapi-offline package ships (served under /static-offline-docs), not from a CDN: the docs
+    # of a service on a hospital network with no internet access would otherwise be a blank page.
+    app = FastAPIOffline(title="medlens", version=str(service.version or ""),
+                         lifespan=_lifespan(service, freeze_gc=freeze_gc),
+                         description=f"{service.card.architecture} ({service.task.value}: "
+                                     f"{', '.join(service.class_names)}) served with {predictor.backend}.")
     _install_error_handlers(app)
     v1 = _v1_router(api_key)
     _add_predict_route(v1, service)
