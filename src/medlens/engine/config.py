@@ -64,7 +64,8 @@ class DataConfig:
             and in the model card) instead of failing on them.
         download: download a missing MedMNIST file (false: fail and say how to fetch it).
         verify: check the MD5 of MedMNIST files (false: ``--no-verify``).
-        batch_size: images per batch per process.
+        batch_size: images per batch per process (None: :func:`default_batch_size` of the data's
+            dimensions, 128 in 2D and 32 in 3D; the run's ``config.yaml`` records the number used).
         class_weights: ``none`` or ``balanced`` (scikit-learn's ``n / (k * count)``) in the loss.
         oversample: draw training batches with probability inversely proportional to class size.
         correct_priors: after balanced training (``class_weights: balanced`` or ``oversample``),
@@ -90,7 +91,7 @@ class DataConfig:
     skip_bad: bool = False
     download: bool = True
     verify: bool = True
-    batch_size: int = 128
+    batch_size: int | None = None
     class_weights: str = "none"
     oversample: bool = False
     correct_priors: bool = False
@@ -106,7 +107,8 @@ class DataConfig:
             raise ValueError(f"data.channels must be 1, 3 or null; got {self.channels!r}")
         for name in ("skip_bad", "download", "verify"):
             _flag(f"data.{name}", getattr(self, name))
-        _at_least("data.batch_size", self.batch_size, 1, integer=True)
+        if self.batch_size is not None:
+            _at_least("data.batch_size", self.batch_size, 1, integer=True)
         _at_least("data.split_seed", self.split_seed, 0, integer=True)
         _choice("data.class_weights", self.class_weights, CLASS_WEIGHTS)
         _flag("data.oversample", self.oversample)
@@ -121,6 +123,17 @@ class DataConfig:
         if self.fold >= max(self.folds, 1):
             raise ValueError(f"data.fold must be in 0..{max(self.folds - 1, 0)} with data.folds {self.folds}; "
                              f"got {self.fold}")
+
+
+# Batches when data.batch_size is not given: MedMNIST v2's 128 in 2D; in 3D a volume at 64³ is
+# 64 times a 64² image (and 2D-sized batches of them are what filled 20 of 23 GB in the issue that
+# added this), so 32, the batch of MedMNIST v2's own 3D experiments.
+BATCH_2D, BATCH_3D = 128, 32
+
+
+def default_batch_size(spatial_dims: int) -> int:
+    """``data.batch_size`` when the config leaves it out: 128 for 2D images, 32 for 3D volumes."""
+    return BATCH_3D if spatial_dims == 3 else BATCH_2D
 
 
 @dataclass(frozen=True)
@@ -231,6 +244,9 @@ class TrainConfig:
         max_seconds: stop training after this many seconds even if epochs remain (the best
             checkpoint so far is kept; ``--recipe auto`` sets it from the budget). None: no limit.
             With ``members`` > 1 it bounds all members together.
+        memory_share: refuse to start when the run's memory estimate
+            (:mod:`medlens.engine.memory`) is above this share of the training device's memory
+            (0: no check).
         members: train this many models of the same architecture on the same split, one after
             another (member 0 with ``seed``, the others with seeds derived from it), and save them
             as one ``ensemble`` checkpoint that averages their probabilities (1: a single model).
@@ -248,6 +264,7 @@ class TrainConfig:
     progress: bool = True
     max_seconds: float | None = None
     members: int = 1
+    memory_share: float = 0.6
 
     def __post_init__(self) -> None:
         _at_least("train.epochs", self.epochs, 1, integer=True)
@@ -264,6 +281,7 @@ class TrainConfig:
             _at_least("train.early_stop", self.early_stop, 1, integer=True)
         _at_least("train.num_nodes", self.num_nodes, 1, integer=True)
         _flag("train.progress", self.progress)
+        _at_least("train.memory_share", self.memory_share, 0.0)
 
     @property
     def one_process(self) -> bool:

@@ -200,7 +200,7 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
 
     from medlens.data.augment import channel_stats
     from medlens.engine.callbacks import EpochProgress, RunRecorder
-    from medlens.engine.config import resolve_data
+    from medlens.engine.config import default_batch_size, resolve_data
     from medlens.engine.module import ClassifierModule
     from medlens.engine.tracking import Tracker, default_tracking_uri
 
@@ -214,7 +214,11 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
             + "; ".join(f"{name} ({reason})" for name, reason in source.bad_files), rank)
     train_split = source.splits["train"]
     spatial_dims = train_split.images.ndim - 2
+    if cfg.data.batch_size is None:  # recorded in config.yaml as the number used
+        cfg = replace(cfg, data=replace(cfg.data, batch_size=default_batch_size(spatial_dims)))
     model, loss, loss_name, class_weights, logit_shift = model_and_loss(cfg, source)
+    if not resume:
+        _check_memory(cfg, model, source)
     _announce(cfg, source, loss_name, class_weights, logit_shift, rank)
     normalisation = channel_stats(train_split.images)
     start_or_check(cfg, run_dir, source, resume=resume, write=rank == 0)
@@ -249,6 +253,20 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
         f"val ACC {metrics['val']['acc']:.3f} AUC {metrics['val']['auc']:.3f}, "
         f"test ACC {metrics['test']['acc']:.3f} AUC {metrics['test']['auc']:.3f} -> {run_dir}", rank)
     return TrainResult(run_dir, metrics, folder.best)
+
+
+def _check_memory(cfg: RunConfig, model, source) -> None:
+    """Refuse a run whose memory estimate is above ``train.memory_share`` of the device's memory."""
+    from medlens.engine.memory import check_memory, estimate_memory, machine_memory
+
+    if cfg.train.memory_share <= 0:
+        return
+    device = "cuda" if torch.cuda.is_available() and cfg.train.devices != 0 else "cpu"
+    estimate = estimate_memory(model, source, batch_size=cfg.data.batch_size, optimizer=cfg.optim.optimizer,
+                               device=device)
+    log.info("memory estimate: %s", estimate.describe())
+    check_memory(estimate, total=machine_memory(device), share=cfg.train.memory_share,
+                 batch_size=cfg.data.batch_size, size=source.size, spatial_dims=source.splits["train"].images.ndim - 2)
 
 
 def _announce(cfg: RunConfig, source, loss_name: str, class_weights, logit_shift, rank: int) -> None:
