@@ -31,7 +31,8 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--root", help="folder of MedMNIST .npz files (default: $MEDLENS_DATA, else ~/.medlens/data)")
     group.add_argument("--size", type=positive_int,
-                       help="image edge in pixels (MedMNIST: 28/64/128/224, 3D 28/64; folders: default 64)")
+                       help="image edge in pixels (MedMNIST: 28/64/128/224, 3D 28/64; folders: default 64, "
+                            "3D volumes their own size up to 64)")
     group.add_argument("--seed", type=int, default=0, help="seed of any split medlens makes (default 0)")
     group.add_argument("--ratios", default="0.8/0.1/0.1",
                        help="train/val/test ratios for unsplit folders (default 0.8/0.1/0.1)")

@@ -311,8 +311,11 @@ def _labels_for_task(labels: np.ndarray, info: DatasetInfo, where: str) -> np.nd
 
 def _resolve_folder(target: str, *, size: int, options: ResolveOptions) -> Source:
     """A directory or ``.zip`` of class folders, decoded at ``size`` px and split (see :func:`_folder_rows`)."""
-    from medlens.data.folder import load_folder
+    from medlens.data.folder import default_folder_size, load_folder
+    from medlens.data.spec import DEFAULT_FOLDER_SIZE
 
+    if size is None:  # neither the spec nor the caller chose: 64 for images, volumes their own (<= 64)
+        size = default_folder_size(target, DEFAULT_FOLDER_SIZE)
     seed, ratios = options.seed, options.ratios
     data = load_folder(target, size=size, channels=options.channels, skip_bad=options.skip_bad)
     groups = data.groups

@@ -291,7 +291,8 @@ register_source(DataSource(
 register_source(DataSource(
     "folder", "medlens.data.source:_resolve_folder", usage="folder:PATH",
     description="a directory or .zip of class folders, optionally under train/val/test",
-    default_size=DEFAULT_FOLDER_SIZE, decodes_images=True,
+    # No fixed default: 64 px for 2D images, 3D volumes their own size up to 64 (data.folder).
+    default_size=None, decodes_images=True,
 ))
 register_source(DataSource("npz", "medlens.data.source:_resolve_npz", usage="npz:FILE.npz",
                            description="a local file in the MedMNIST layout"))

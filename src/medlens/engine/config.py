@@ -56,7 +56,8 @@ class DataConfig:
     Attributes:
         spec: dataset spec (``breastmnist``, ``breastmnist@64``, ``folder:x.zip``, ``npz:f.npz``).
         root: folder of MedMNIST files (None: ``$MEDLENS_DATA``, else the download folder).
-        size: image edge in pixels (None: the spec's, else 28 for MedMNIST, 64 for folders).
+        size: image edge in pixels (None: the spec's, else 28 for MedMNIST; folders 64 for 2D images,
+            3D volumes their own longest edge up to 64).
         split_seed: seed of any split medlens makes for unsplit folders.
         ratios: train/val/test ratios for unsplit folders.
         channels: force 1 or 3 channels for folders (None: decided from the images).
