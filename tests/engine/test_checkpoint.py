@@ -634,3 +634,75 @@ def test_lightning_plugin_saves_loads_and_removes(tmp_path):
 def test_lightning_plugin_load_of_a_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError):
         safetensors_checkpoint_io().load_checkpoint(tmp_path / "nothing.ckpt")
+
+
+# ----------------------------------------------------------------------------- integrity (issue 20)
+
+
+def test_a_swapped_or_edited_safetensors_file_is_refused(tmp_path):
+    """The sidecar records the SHA-256 of the weights: another file under the name is refused at load."""
+    card = _card(*MODELS[0])
+    path = tmp_path / "best.safetensors"
+    save_model(_trained_looking(card, seed=2), card, path)
+    assert len(read_sidecar(path)["sha256"]) == 64
+    other = tmp_path / "other.safetensors"
+    save_model(_trained_looking(card, seed=3), card, other)
+    # The other file's tensors under this file's token: only the hash can tell them apart.
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(str(other)), str(path), metadata={"token": read_sidecar(path)["token"]})
+    for call in (load_state, load_card, load_model):
+        with pytest.raises(ValueError) as info:
+            call(path)
+        assert "is not the file that was saved (its SHA-256 differs" in single_line(info.value)
+
+
+def test_nan_weights_are_refused_at_load(tmp_path):
+    card = _card(*MODELS[0])
+    model = _trained_looking(card, seed=2)
+    with torch.no_grad():
+        next(model.parameters())[0].fill_(float("nan"))
+    save_model(model, card, tmp_path / "best.safetensors")
+    with pytest.raises(ValueError) as info:
+        load_model(tmp_path / "best.safetensors")
+    assert "holds NaN or infinite weights in 1 tensor(s)" in single_line(info.value)
+
+
+def test_a_checkpoint_that_does_not_fit_its_card_is_one_line(tmp_path):
+    card = _card(*MODELS[0])
+    save_model(_trained_looking(card, seed=2), card, tmp_path / "best.safetensors")
+    document = json.loads(sidecar(tmp_path / "best.safetensors").read_text())
+    document["card"]["class_names"] = ["a", "b", "c", "d"]  # an edited card: four outputs, weights for two
+    sidecar(tmp_path / "best.safetensors").write_text(json.dumps(document))
+    with pytest.raises(ValueError) as info:
+        load_model(tmp_path / "best.safetensors")
+    assert "does not fit model" in single_line(info.value) and "size mismatch" in str(info.value)
+    document["card"]["class_names"] = ["a", "b"]
+    document["card"]["model_kwargs"] = {"no_such_option": 1}
+    sidecar(tmp_path / "best.safetensors").write_text(json.dumps(document))
+    with pytest.raises(ValueError) as info:
+        load_model(tmp_path / "best.safetensors")
+    assert "has no option no_such_option" in single_line(info.value)
+
+
+def test_a_full_disk_while_saving_is_an_os_error_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    """safetensors' own writer reported ENOSPC as a SafetensorError (a traceback in the CLI); now Python writes."""
+    import errno
+
+    path = tmp_path / "best.safetensors"
+    save_state({"x": torch.zeros(3)}, path)
+    before = path.read_bytes()
+    real = Path.write_bytes
+
+    def full_disk(self, data):
+        if self.name.startswith(".best.safetensors.tmp"):
+            real(self, data[: len(data) // 2])  # part of it reaches the disk, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    with pytest.raises(OSError) as info:
+        save_state({"x": torch.ones(3)}, path)
+    assert info.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json", "best.safetensors"]  # no temporary file left
+    assert path.read_bytes() == before and torch.equal(load_state(path)["x"], torch.zeros(3))

@@ -35,9 +35,9 @@ def predictor(breast_run):
     return Predictor.load(breast_run, backend="torch")
 
 
-def _wait_ready(client: TestClient, timeout: float = 20.0) -> None:
+def _wait_ready(client: TestClient, timeout: float = 20.0, headers: dict | None = None) -> None:
     deadline = time.monotonic() + timeout
-    while client.get("/readyz").status_code != 200:
+    while client.get("/readyz", headers=headers).status_code != 200:
         assert time.monotonic() < deadline, "the service never became ready"
         time.sleep(0.02)
 
@@ -163,6 +163,44 @@ def test_openapi_docs_describe_the_upload(client):
     upload = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert upload["properties"]["files"]["items"]["format"] == "binary"
     assert {"/v1/model", "/healthz", "/readyz"} <= set(schema["paths"])
+    # The schema is public where no key is set: it names the model, never its classes (issue 20).
+    assert "malignant" not in client.get("/openapi.json").text and "2 classes" in schema["info"]["description"]
+
+
+def test_host_header_must_name_an_allowed_host(predictor):
+    with TestClient(create_app(predictor, allowed_hosts=["127.0.0.1", "localhost"]),
+                    base_url="http://127.0.0.1:8000") as local:
+        assert local.get("/healthz").status_code == 200
+        assert local.get("/healthz", headers={"host": "localhost:8000"}).status_code == 200
+        assert local.get("/healthz", headers={"host": "rebound.attacker.example"}).status_code == 400
+    from medlens.commands.serve import allowed_hosts
+
+    assert allowed_hosts("127.0.0.1", None) == ["127.0.0.1", "localhost", "::1"]
+    assert allowed_hosts("0.0.0.0", None) is None and allowed_hosts("0.0.0.0", ["a.org"]) == ["a.org"]
+    assert allowed_hosts("10.0.0.5", ["*.example.org"]) == ["10.0.0.5", "*.example.org"]
+
+
+def test_non_finite_probabilities_are_never_an_answer(predictor, test_pngs, caplog):
+    """NaN weights answered 200 with "probability": null (issue 20): now the warm-up refuses to be ready."""
+    from medlens.serve.predictor import NonFiniteOutput
+
+    def nan_predict(images):
+        out = predictor.predict(images)
+        out[:] = np.nan
+        if not np.isfinite(out).all():  # what Predictor.predict does with such an output
+            raise NonFiniteOutput("the torch model gave NaN or infinite probabilities for 1 of 1 image(s)")
+        return out
+
+    with TestClient(create_app(_Wrapped(predictor, predict=nan_predict))) as broken, \
+            caplog.at_level(logging.ERROR, "medlens.serve"):
+        deadline = time.monotonic() + 20
+        while "warm-up failed" not in (reason := _error(broken.get("/readyz"), 503)):
+            assert time.monotonic() < deadline, reason
+            time.sleep(0.02)
+        assert "NaN or infinite probabilities" in reason
+        response = broken.post("/v1/predict", files=_files(("a.png", test_pngs[0])))
+        assert "no usable answer" in _error(response, 500) and "null" not in response.text
+    assert not any(r.exc_info for r in caplog.records)  # one line each, no traceback
 
 
 def test_unknown_paths_and_methods_answer_json(client):
@@ -277,9 +315,14 @@ def test_api_key(predictor, test_pngs):
             "content-type": "multipart/form-data; boundary=a", "content-length": str(10**9)}), 401)
         ok = keyed.post("/v1/predict", files=_files(("a.png", test_pngs[0])), headers={"X-API-Key": "s3cret-key"})
         assert ok.status_code == 200
-        # The page and the probes stay open (the page asks for the key).
+        # The page and the liveness probe stay open (the page asks for the key) ...
         assert keyed.get("/").status_code == 200 and keyed.get("/healthz").status_code == 200
-        assert keyed.get("/readyz").status_code == 200
+        # ... while readiness and the docs, which describe the model, need the key too (issue 20).
+        for path in ("/readyz", "/docs", "/openapi.json", "/redoc", "/docs/oauth2-redirect"):
+            assert "missing API key" in _error(keyed.get(path), 401), path
+        key = {"X-API-Key": "s3cret-key"}
+        assert keyed.get("/readyz", headers=key).status_code == 200
+        assert keyed.get("/openapi.json", headers=key).status_code == 200
     with pytest.raises(ValueError, match="api_key"):
         create_app(predictor, api_key="")
     with pytest.raises(ValueError, match="max_files must be a positive integer, got 0"):
@@ -506,8 +549,13 @@ def test_serve_command_exports_onnx_when_missing_and_binds_loopback(breast_run, 
     assert (copy / "export" / "model.onnx").is_file()
     app, kwargs = calls[0]
     assert kwargs["host"] == "127.0.0.1" and kwargs["port"] == 8123
-    with TestClient(app) as served:
-        _wait_ready(served)
+    # uvicorn gets the connection limits and the header timeout (issue 20).
+    assert kwargs["limit_concurrency"] == 102 and kwargs["timeout_keep_alive"] == 5
+    assert kwargs["h11_max_incomplete_event_size"] == 16 * 1024 and kwargs["http"].header_timeout == 10.0
+    with TestClient(app, base_url="http://localhost:8123") as served:
+        _wait_ready(served, headers={"X-API-Key": "from-env"})
+        # Bound to loopback: a Host header naming another site (DNS rebinding) is refused.
+        assert served.get("/healthz", headers={"host": "attacker.example:8123"}).status_code == 400
         assert gc.get_freeze_count() > 0  # the command serves with a frozen collector
         assert served.get("/v1/model").status_code == 401  # the key came from $MEDLENS_API_KEY
         info = served.get("/v1/model", headers={"X-API-Key": "from-env"}).json()
@@ -533,9 +581,11 @@ def test_serve_start_hashes_the_weights_once(breast_run, tmp_path, monkeypatch, 
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append(app))
     assert main(["serve", str(copy)]) == 0  # exports ONNX (it is missing), loads it, builds the app
     assert (copy / "export" / "model.onnx").is_file() and len(calls) == 1
-    assert hashed == [(copy / "checkpoints" / "best.safetensors").resolve()]
-    assert Predictor.load(copy, backend="onnx").version == Predictor.load(copy).version  # still cached
-    assert len(hashed) == 1
+    # Each file once: the weights (export, its check at load) and model.onnx (recorded, checked at load).
+    assert hashed == [(copy / "checkpoints" / "best.safetensors").resolve(), (copy / "export" / "model.onnx").resolve()]
+    onnx, torch_backend = Predictor.load(copy, backend="onnx"), Predictor.load(copy)
+    # The version is the hash of what answers: the graph for ONNX, the weights for torch.
+    assert onnx.version != torch_backend.version and len(hashed) == 2  # still cached
 
 
 def test_serve_command_errors(breast_run, tmp_path, capsys):

@@ -152,3 +152,48 @@ def test_missing_stale_or_unverifiable_exports_are_refused(breast_run, breast_ex
         Predictor.load(run, backend="onnx")
     with pytest.raises(ValueError, match="the export must be a .onnx file"):
         export_onnx(run, tmp_path / "model.pt", root=medmnist_root)
+
+
+def test_a_swapped_model_onnx_is_refused_and_the_version_names_what_answers(breast_run, breast_export, tmp_path):
+    """Issue 20: a model.onnx replaced after the export was served unchecked, under the weights' hash."""
+    import hashlib
+
+    run = tmp_path / "run"
+    shutil.copytree(breast_run / "checkpoints", run / "checkpoints")
+    shutil.copytree(breast_run / "export", run / "export")
+    onnx_file = run / "export" / "model.onnx"
+    served = Predictor.load(run, backend="onnx")
+    assert served.info["version"] == hashlib.sha256(onnx_file.read_bytes()).hexdigest()[:12]
+    assert served.info["served_file"] == "model.onnx"
+    assert json.loads((run / "export" / "model.json").read_text())["onnx_sha256"] == \
+        hashlib.sha256(onnx_file.read_bytes()).hexdigest()
+    # Another graph under the same name (here: the same bytes with one changed): refused at load.
+    data = bytearray(onnx_file.read_bytes())
+    data[-1] ^= 0xFF
+    onnx_file.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"model.onnx is not the file that was exported .*medlens export"):
+        Predictor.load(run, backend="onnx")
+    # An export card without the graph's hash (an older medlens): refused, with what to do.
+    shutil.copy(breast_run / "export" / "model.onnx", onnx_file)
+    card = json.loads((run / "export" / "model.json").read_text())
+    del card["onnx_sha256"]
+    (run / "export" / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="records no SHA-256 of model.onnx"):
+        Predictor.load(run, backend="onnx")
+
+
+def test_grad_cam_refuses_weights_that_changed_after_the_onnx_model_was_loaded(breast_run, breast_export, tmp_path):
+    """The overlay must explain the model that answers: the weights the export was made from."""
+    from medlens.engine.checkpoint import load_model, save_model
+
+    run = tmp_path / "run"
+    shutil.copytree(breast_run / "checkpoints", run / "checkpoints")
+    shutil.copytree(breast_run / "export", run / "export")
+    served = Predictor.load(run, backend="onnx")
+    model, card = load_model(run)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    save_model(model, card, run / "checkpoints" / "best.safetensors")  # other weights, a valid checkpoint
+    image = np.zeros((1, 28, 28), dtype=np.uint8)
+    with pytest.raises(ValueError, match="changed since the model was loaded; Grad-CAM would explain another model"):
+        served.explain(image, class_index=0)

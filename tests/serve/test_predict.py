@@ -188,6 +188,15 @@ def test_max_pixels_is_checked_from_the_header(breast, breast_test, adrenal_run,
     with pytest.raises(InputError, match="784 pixels is more than the limit of 700"):
         breast.prepare(_dicom(breast_test[0].astype(np.uint16)), "a.dcm", max_pixels=700)
     assert breast.prepare(_png(breast_test[0]), "a.png", max_pixels=784).shape == (1, 28, 28)
+    # Bit depth counts (issue 20): a 16-bit image costs the decoder at least twice the bytes of an
+    # 8-bit one of as many pixels, so the budget counts its bytes, not only its pixels.
+    deep = _png(breast_test[0].astype(np.uint16) * 200)
+    with pytest.raises(InputError, match=r"a.png: 784 pixels x [24] bytes = [0-9,]+ bytes decoded is more than the "
+                                         r"limit of 1,000 \(a 16-bit or colour pixel counts as several"):
+        breast.prepare(deep, "a.png", max_pixels=1_000)
+    assert breast.prepare(deep, "a.png", max_pixels=4 * 784).shape == (1, 28, 28)
+    with pytest.raises(InputError, match="784 pixels x 2 bytes = 1,568 bytes decoded"):
+        breast.prepare(_dicom(breast_test[0].astype(np.uint16)), "a.dcm", max_pixels=1_000)
     volume_model = Predictor.load(adrenal_run)
     with pytest.raises(InputError, match="21,952 pixels is more than the limit of 10,000"):
         volume_model.prepare(_nifti(adrenal_test[0]), "v.nii.gz", max_pixels=10_000)
@@ -436,3 +445,32 @@ def test_predict_command_progress_and_user_errors(breast_run, breast_test, tmp_p
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", str(breast_run), str(tmp_path / "many"), "--batch-size", "0"])
     assert exit_info.value.code == 2
+
+
+def test_non_finite_predictions_are_never_a_result(breast_run, breast_test, tmp_path, capsys):
+    """NaN weights: `medlens predict` printed `malignant nan` and exited 0 (issue 20)."""
+    import shutil
+
+    import torch
+
+    from medlens.engine.checkpoint import load_model, save_model
+    from medlens.serve.predictor import NonFiniteOutput
+
+    model, card = load_model(breast_run)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(float("nan"))
+    predictor = Predictor(card, backend="torch", weights=Path(breast_run) / "checkpoints" / "best.safetensors",
+                          model=model)
+    with pytest.raises(NonFiniteOutput, match=r"NaN or infinite probabilities for 2 of 2 image"):
+        predictor.predict(np.stack([predictor.prepare(_png(image), "a.png") for image in breast_test[:2]]))
+    run = tmp_path / "run"
+    shutil.copytree(Path(breast_run) / "checkpoints", run / "checkpoints")
+    save_model(model, card, run / "checkpoints" / "best.safetensors")
+    image = tmp_path / "a.png"
+    image.write_bytes(_png(breast_test[0]))
+    assert main(["predict", str(run), str(image)]) == 1
+    captured = capsys.readouterr()
+    assert "nan" not in captured.out.lower()
+    error = captured.err.strip().splitlines()
+    assert len(error) == 1 and "holds NaN or infinite weights" in error[0], error

@@ -49,6 +49,22 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def allowed_hosts(host: str, extra: list[str] | None) -> list[str] | None:
+    """The names the ``Host`` header may carry for a server bound to ``host`` (None: any).
+
+    Loopback: the loopback names only, so that a web page whose DNS name is rebound to 127.0.0.1
+    cannot reach the model from the user's browser. A named address: that name. The wildcard
+    addresses (0.0.0.0, ::) do not say which names reach the machine: any, unless
+    ``--allowed-hosts`` names them.
+    """
+    names = list(extra or [])
+    if _is_loopback(host):
+        return ["127.0.0.1", "localhost", "::1", *names]
+    if host in ("0.0.0.0", "::", ""):
+        return names or None
+    return [host, *names]
+
+
 def run(args: argparse.Namespace) -> int:
     """Load RUN's model (exporting ONNX first if needed) and serve it until interrupted."""
     from medlens.engine.run_folder import RunFolder
@@ -64,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from medlens.serve.app import create_app
+    from medlens.serve.app import create_app, server_settings
     from medlens.serve.predictor import Predictor
 
     if args.backend == "onnx" and not (folder.onnx.is_file() and folder.onnx_card.is_file()):
@@ -73,14 +89,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"medlens serve: {folder.onnx} is missing; exporting it now", file=sys.stderr)
         export_onnx(run)
     predictor = Predictor.load(run, backend=args.backend)
-    app = create_app(predictor, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_files=args.max_files,
-                     max_pixels=args.max_pixels, api_key=api_key, freeze_gc=True)
+    max_upload_bytes = int(args.max_upload_mb * 1024 * 1024)
+    hosts = allowed_hosts(args.host, args.allowed_hosts)
+    app = create_app(predictor, max_upload_bytes=max_upload_bytes, max_files=args.max_files,
+                     max_pixels=args.max_pixels, api_key=api_key, freeze_gc=True, allowed_hosts=hosts,
+                     upload_timeout=args.upload_timeout)
     if not _is_loopback(args.host) and api_key is None:
         print(f"medlens serve: warning: listening on {args.host} without an API key; anyone who can reach "
               f"port {args.port} can use the model (set --api-key or ${API_KEY_ENV})", file=sys.stderr)
     print(f"medlens serve: {predictor.card.architecture} ({predictor.backend}) on http://{args.host}:{args.port}/ "
           f"(API /v1/predict, docs /docs){'; API key required' if api_key else ''}", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                **server_settings(max_upload_bytes=max_upload_bytes))
     return 0
 
 
@@ -103,6 +123,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-files", type=_positive(int), default=16, help="most images per request (default 16)")
     p.add_argument("--max-pixels", type=_positive(int), default=50_000_000,
                    help="most pixels (voxels) an image may declare, against decompression bombs (default 50000000)")
+    p.add_argument("--allowed-hosts", nargs="+", metavar="NAME",
+                   help="names the Host header may carry besides --host's own (e.g. medlens.example.org "
+                        "'*.example.org'); with --host 0.0.0.0 any name unless given (against DNS rebinding)")
+    p.add_argument("--upload-timeout", type=_positive(float), default=60.0,
+                   help="seconds a request body may take to arrive (default 60; slower uploads answer 408)")
     p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info",
                    help="uvicorn log level (default info)")
     p.set_defaults(func=run)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medlens._io import atomic_path
+from medlens._io import atomic_path, file_sha256
 from medlens.engine.run_folder import CARD_SUFFIX, RunFolder, sidecar, weights_file
 
 TAG = "__medlens_type__"
@@ -107,14 +107,21 @@ def save_state(state: dict, path: str | os.PathLike, *, extra_json: dict | None 
     """Write nested ``state`` as ``path`` (safetensors) + its JSON sidecar, both atomically.
 
     The two files carry the same random token; :func:`load_state` refuses a pair whose tokens
-    differ (a crash between the two renames), instead of mixing two checkpoints.
+    differ (a crash between the two renames), instead of mixing two checkpoints. The sidecar also
+    records the SHA-256 of the ``.safetensors`` file; a file that no longer matches it (swapped,
+    edited, damaged) is refused at load.
+
+    The tensors are serialised in memory and written by Python, so a full disk is an ``OSError``
+    (ENOSPC) that the CLI reports in one line, like every other write.
 
     Args:
         state: nested dicts / lists / tuples of tensors, numpy arrays and plain values.
         path: the ``.safetensors`` path; the sidecar is ``path`` with ``.json``.
         extra_json: more top-level JSON fields (a model card), stored beside the state.
     """
-    from safetensors.torch import save_file
+    import hashlib
+
+    from safetensors.torch import save
 
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
@@ -122,8 +129,11 @@ def save_state(state: dict, path: str | os.PathLike, *, extra_json: dict | None 
     document = dict(extra_json or {})
     document["state"] = _encode(state, "", tensors)
     document["token"] = token
+    data = save(tensors, metadata={"token": token})
+    document["sha256"] = hashlib.sha256(data).hexdigest()
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"token": token})
+        tmp.write_bytes(data)
+    del data
     with atomic_path(sidecar(path)) as tmp:
         tmp.write_text(json.dumps(document, indent=1, allow_nan=True))
 
@@ -152,6 +162,10 @@ def read_sidecar(path: str | os.PathLike) -> dict:
     if document.get("token") != token:
         raise ValueError(f"{path} and {side.name} come from different saves (an interrupted write?); "
                          "use another checkpoint of the run")
+    expected = document.get("sha256")  # absent in checkpoints written before it was recorded
+    if expected is not None and file_sha256(path) != expected:
+        raise ValueError(f"{path} is not the file that was saved (its SHA-256 differs from the one in {side.name}): "
+                         "it was changed or damaged; use another checkpoint of the run")
     return document
 
 
@@ -312,7 +326,23 @@ def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, ModelCard]:
     path = RunFolder(path).best if path.is_dir() else weights_file(path)
     document = read_sidecar(path)  # once: the card and the state are both in it
     card = _card_of(document, path)
-    model = card.build()
-    model.load_state_dict(_state_of(document, path))
+    try:
+        model = card.build()
+    except (TypeError, KeyError) as exc:  # ValueError passes as it is (the registry's own message)
+        raise ValueError(f"{path}: its card does not build model {card.architecture!r} ({exc})") from None
+    try:
+        state = _state_of(document, path)
+    except Exception as exc:  # safetensors raises its own types for a damaged body
+        raise ValueError(f"{path} is not a readable checkpoint ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # missing / unexpected keys, shape mismatches: the first line says which
+        raise ValueError(f"{path} does not fit model {card.architecture!r} as its card describes it: "
+                         f"{str(exc).splitlines()[1 if len(str(exc).splitlines()) > 1 else 0].strip()[:200]}") from None
+    broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        raise ValueError(f"{path} holds NaN or infinite weights in {len(broken)} tensor(s) (first: {broken[0]}): "
+                         "the run diverged; retrain with a lower learning rate or use another checkpoint")
     model.eval()
     return model, card

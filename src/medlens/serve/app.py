@@ -16,6 +16,13 @@ value and the limit. Uploads stay in memory: the body is counted while it stream
 by python-multipart without temporary files. Failures that are not the input's fault answer a
 logged 500.
 
+Abuse: a client that goes away mid-upload is one info line (no traceback); an upload must arrive
+within ``upload_timeout`` seconds (else 408); decodes run under a memory budget
+(:class:`_DecodeBudget`, each image weighed by the bytes its header declares); the ``Host``
+header must name this server (``allowed_hosts``, against DNS rebinding); with an API key every
+path but ``/`` and ``/healthz`` needs it (the docs and ``/readyz`` too). :func:`server_settings`
+gives uvicorn its connection limits and header timeout.
+
 Model calls run on one dedicated thread (the event loop stays free for ``/healthz`` and for
 reading other uploads); requests that arrive while the model is busy are stacked into one batch,
 so concurrent requests share model calls without adding latency to a lone request.
@@ -35,6 +42,7 @@ import gc
 import hmac
 import io
 import logging
+import os
 import queue
 import threading
 import time
@@ -44,20 +52,22 @@ from typing import Any
 
 import anyio
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect
 
 from medlens.data.readers import DICOM_SUFFIXES, IMAGE_2D_SUFFIXES, file_suffix
 from medlens.data.registry import Task
 from medlens.explain.render import overlay_png
 from medlens.inference import decide
 from medlens.serve.page import PAGE_CSP, PAGE_HTML
-from medlens.serve.predictor import InputError
+from medlens.serve.predictor import InputError, NonFiniteOutput
 
 logger = logging.getLogger("medlens.serve")
 
@@ -65,6 +75,16 @@ MiB = 1024 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 10 * MiB
 DEFAULT_MAX_FILES = 16
 DEFAULT_MAX_PIXELS = 50_000_000
+# A whole upload must arrive within this: 10 MiB (the default body limit) at 2 Mbit/s takes 42 s.
+# Without it a client sending a byte a minute holds a connection (and its buffer) for ever.
+DEFAULT_UPLOAD_TIMEOUT = 60.0
+# Peak memory of one decode per byte its header declares: the 16-bit PNG bomb of issue 20 (50 M
+# pixels, 100 MB of samples) peaked at 0.45 GB, 4.5x (Pillow's image, the float32 copy, the
+# percentile's partition copy, the scaled result). Used to weigh decodes against the budget.
+DECODE_PEAK_PER_BYTE = 4.5
+# What all decodes in flight may take together, at most: a quarter of the memory available at
+# start-up, and no more than 1 GiB (a server of 2 GB stays up under a storm of bombs).
+MAX_DECODE_BUDGET = 1 << 30
 UPLOAD_FIELD = "files"
 # Images per model call when concurrent requests are stacked (bounds one call's memory and latency).
 MAX_BATCH = 64
@@ -176,12 +196,15 @@ class _FormCollector:
         self._part.data += data[start:end]
 
 
-async def _read_uploads(request: Request, *, max_bytes: int, max_files: int) -> list[_Upload]:
+async def _read_uploads(request: Request, *, max_bytes: int, max_files: int,
+                        timeout: float = DEFAULT_UPLOAD_TIMEOUT) -> list[_Upload]:
     """The files of a multipart request, read in memory within the limits.
 
     Raises:
         ApiError: 415 not multipart; 413 body over ``max_bytes`` (declared or counted) or more
-            than ``max_files`` files; 400 malformed multipart, other fields, or no file.
+            than ``max_files`` files; 400 malformed multipart, other fields, or no file; 408
+            the body took longer than ``timeout`` seconds to arrive.
+        ClientDisconnect: the client went away before the body ended (answered by one log line).
     """
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data":
@@ -200,14 +223,17 @@ async def _read_uploads(request: Request, *, max_bytes: int, max_files: int) -> 
     parser = MultipartParser(boundary, collector.callbacks())
     received = 0
     try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            # Count what really arrives: Content-Length may be absent (chunked) or wrong.
-            if received > max_bytes:
-                raise ApiError(413, f"request body exceeds the upload limit of {_format_bytes(max_bytes)} "
-                                    f"({received:,} bytes received so far)")
-            parser.write(chunk)
+        with anyio.fail_after(timeout):
+            async for chunk in request.stream():
+                received += len(chunk)
+                # Count what really arrives: Content-Length may be absent (chunked) or wrong.
+                if received > max_bytes:
+                    raise ApiError(413, f"request body exceeds the upload limit of {_format_bytes(max_bytes)} "
+                                        f"({received:,} bytes received so far)")
+                parser.write(chunk)
         parser.finalize()
+    except TimeoutError:
+        raise ApiError(408, f"the upload did not arrive within {timeout:g} s ({received:,} bytes received)") from None
     except MultipartParseError as exc:
         raise ApiError(400, f"malformed multipart/form-data body: {str(exc).splitlines()[0][:160]}") from None
     if not collector.uploads:
@@ -331,6 +357,19 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _input_error(request: Request, exc: InputError) -> JSONResponse:
         return _error(422, f"unusable image: {exc}")
 
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # Not the server's fault and nothing to debug: one line, no traceback (an attacker's storm of
+        # aborted uploads must not fill the log). The answer is never read; 499 as nginx logs it.
+        client = request.client.host if request.client else "?"
+        logger.info("client %s went away during %s %s", client, request.method, request.url.path)
+        return Response(status_code=499)
+
+    @app.exception_handler(NonFiniteOutput)
+    async def _non_finite(request: Request, exc: NonFiniteOutput) -> JSONResponse:
+        logger.error("%s answering %s %s", exc, request.method, request.url.path)
+        return _error(500, f"the model gave no usable answer ({exc}); the request itself may be fine")
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors())
@@ -347,20 +386,38 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal server error (logged on the server); the request itself may be fine")
 
 
-def _api_key_check(api_key: str | None) -> Callable:
-    expected = api_key.encode() if api_key else None
+def _api_key_problem(given: str | None, expected: bytes) -> str | None:
+    """Why ``given`` (the X-API-Key header) does not open the service, or None when it does."""
+    if given is None:
+        return "missing API key: send it in the X-API-Key header"
+    # Constant-time comparison: the answer time does not reveal how much of the key matched.
+    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected):
+        return "wrong API key in the X-API-Key header"
+    return None
 
-    async def check(request: Request) -> None:
-        if expected is None:
-            return
-        given = request.headers.get("x-api-key")
-        if given is None:
-            raise ApiError(401, "missing API key: send it in the X-API-Key header")
-        # Constant-time comparison: the answer time does not reveal how much of the key matched.
-        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected):
-            raise ApiError(401, "wrong API key in the X-API-Key header")
 
-    return check
+class _KeyGate:
+    """ASGI middleware: with an API key, every path but :attr:`OPEN` answers 401 without it.
+
+    A gate in front of the whole app rather than a dependency of the ``/v1`` routes, so that
+    ``/docs``, ``/openapi.json`` (which describe the model) and ``/readyz`` are covered too,
+    however they are served. The key is checked before a byte of the body is read.
+    """
+
+    OPEN = frozenset({"/", "/healthz"})  # the page (it asks for the key) and the liveness probe
+
+    def __init__(self, app, *, api_key: str):
+        self.app = app
+        self._expected = api_key.encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] not in self.OPEN:
+            given = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"x-api-key"), None)
+            problem = _api_key_problem(given, self._expected)
+            if problem is not None:
+                await _error(401, problem, {"WWW-Authenticate": "X-API-Key"})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 _PREDICT_OPENAPI = {
@@ -375,7 +432,8 @@ _PREDICT_OPENAPI = {
 }
 
 
-def _check_settings(*, max_upload_bytes: int, max_files: int, max_pixels: int, api_key: str | None) -> None:
+def _check_settings(*, max_upload_bytes: int, max_files: int, max_pixels: int, api_key: str | None,
+                    upload_timeout: float) -> None:
     """Refuse limits and an API key that the service cannot run with (see :func:`create_app`).
 
     Raises:
@@ -386,6 +444,64 @@ def _check_settings(*, max_upload_bytes: int, max_files: int, max_pixels: int, a
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if api_key is not None and not api_key:
         raise ValueError("api_key must be a non-empty string, or None for no key")
+    if not (isinstance(upload_timeout, (int, float)) and upload_timeout > 0):
+        raise ValueError(f"upload_timeout must be a positive number of seconds, got {upload_timeout!r}")
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations now (Linux ``MemAvailable``; else physical memory)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return MAX_DECODE_BUDGET * 4
+
+
+def default_decode_budget() -> int:
+    """What decodes in flight may take together: a quarter of the available memory, at most 1 GiB."""
+    return max(64 * MiB, min(MAX_DECODE_BUDGET, available_memory() // 4))
+
+
+class _DecodeBudget:
+    """A memory budget for decodes in flight: each request holds the bytes its images will take.
+
+    A counting semaphore would admit N decodes whatever their size (N bombs at once); weighing
+    each by the peak its headers predict lets many small images through together while large
+    ones wait their turn. A request larger than the whole budget runs alone. Hand-written
+    because neither asyncio nor anyio has a weighted semaphore.
+    """
+
+    def __init__(self, total: int):
+        self.total = total
+        self._free = total
+        self._condition: asyncio.Condition | None = None
+
+    def start(self) -> None:
+        """Bind to the running event loop (the app's lifespan calls this at start-up)."""
+        self._free = self.total
+        self._condition = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, amount: int) -> AsyncIterator[None]:
+        """Wait until ``amount`` bytes (at most the whole budget) are free; hold them for the block."""
+        if self._condition is None:
+            self.start()
+        condition, amount = self._condition, max(0, min(int(amount), self.total))
+        async with condition:
+            await condition.wait_for(lambda: self._free >= amount)
+            self._free -= amount
+        try:
+            yield
+        finally:
+            async with condition:
+                self._free += amount
+                condition.notify_all()
 
 
 @dataclass(frozen=True)
@@ -425,7 +541,8 @@ class _Service:
         not_ready_reason: why not, while ``ready`` is False.
     """
 
-    def __init__(self, predictor, *, max_upload_bytes: int, max_files: int, max_pixels: int):
+    def __init__(self, predictor, *, max_upload_bytes: int, max_files: int, max_pixels: int,
+                 upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT, decode_budget: int | None = None):
         card = predictor.card
         self.predictor = predictor
         self.card = card
@@ -435,6 +552,8 @@ class _Service:
                               formats=_SUFFIXES_3D if card.spatial_dims == 3 else _SUFFIXES_2D)
         self.version = predictor.info.get("version")
         self.model_thread = _ModelThread(predictor)
+        self.upload_timeout = float(upload_timeout)
+        self.decode_budget = _DecodeBudget(decode_budget if decode_budget is not None else default_decode_budget())
         self.ready = False
         self.not_ready_reason = "warming up: the first decode, prediction and Grad-CAM have not finished"
 
@@ -457,6 +576,22 @@ class _Service:
             if not _looks_like(suffix, upload.data):
                 raise ApiError(415, f"{name!r} does not contain a {suffix} image (its first bytes do not match "
                                     f"the format); accepted: {', '.join(suffixes)}")
+
+    def decode_peak(self, uploads: list[_Upload]) -> int:
+        """Bytes the decodes of ``uploads`` may peak at, from their headers (blocking: off the event loop).
+
+        Raises:
+            InputError: a header that cannot be read (answered 422).
+        """
+        from medlens.serve.predictor import decoded_size
+
+        total = 0
+        for upload in uploads:
+            name = upload.filename or ""
+            size = decoded_size(bytes(upload.data), name, file_suffix(name))
+            declared = size[1] if size is not None else len(upload.data)
+            total += int(DECODE_PEAK_PER_BYTE * min(declared, self.limits.max_pixels))
+        return total
 
     def prepare_all(self, uploads: list[_Upload]) -> np.ndarray:
         """Decode and preprocess every upload (blocking: run it off the event loop).
@@ -516,10 +651,16 @@ class _Service:
         try:
             image = await anyio.to_thread.run_sync(
                 lambda: self.predictor.prepare(data, name, max_pixels=self.limits.max_pixels))
-            await self.model_thread.predict(image[None])
+            probabilities = await self.model_thread.predict(image[None])
+            if not np.isfinite(probabilities).all():  # predictor.predict refuses it; a stand-in may not
+                raise NonFiniteOutput("the warm-up prediction is not finite (NaN or infinite)")
             # Grad-CAM loads the torch model (for the ONNX backend) and its imports: seconds that
             # are paid here rather than by the first ?explain=true request (the page always asks).
             await self.overlay(image, 0)
+        except NonFiniteOutput as exc:  # the model's fault, named in one line
+            logger.error("warm-up failed: %s; the model is not served", exc)
+            self.not_ready_reason = f"warm-up failed: {exc}"
+            return
         except Exception as exc:  # the service stays up (healthz) but never reports ready
             logger.error("warm-up failed", exc_info=(type(exc), exc, exc.__traceback__))
             self.not_ready_reason = f"warm-up failed: {type(exc).__name__}: {exc}"
@@ -543,6 +684,7 @@ def _lifespan(service: _Service, *, freeze_gc: bool) -> Callable[[FastAPI], cont
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.decode_budget.start()
         warm_up_task = asyncio.create_task(service.warm_up(freeze_gc=freeze_gc))
         try:
             yield
@@ -553,9 +695,9 @@ def _lifespan(service: _Service, *, freeze_gc: bool) -> Callable[[FastAPI], cont
     return lifespan
 
 
-def _v1_router(api_key: str | None) -> APIRouter:
-    """The ``/v1`` router: each of its routes first checks the ``X-API-Key`` header (when a key is set)."""
-    return APIRouter(prefix="/v1", dependencies=[Depends(_api_key_check(api_key))])
+def _v1_router() -> APIRouter:
+    """The ``/v1`` router (the API key, when set, is checked in front of the app: :class:`_KeyGate`)."""
+    return APIRouter(prefix="/v1")
 
 
 def _add_predict_route(v1: APIRouter, service: _Service) -> None:
@@ -574,10 +716,13 @@ def _add_predict_route(v1: APIRouter, service: _Service) -> None:
         explain: bool = Query(False, description="add a Grad-CAM overlay PNG (base64) per image"),
     ) -> dict:
         started = time.perf_counter()
-        uploads = await _read_uploads(request, max_bytes=limits.max_upload_bytes, max_files=limits.max_files)
+        uploads = await _read_uploads(request, max_bytes=limits.max_upload_bytes, max_files=limits.max_files,
+                                      timeout=service.upload_timeout)
         service.check_formats(uploads)
         t0 = time.perf_counter()
-        images = await anyio.to_thread.run_sync(service.prepare_all, uploads)
+        peak = await anyio.to_thread.run_sync(service.decode_peak, uploads)
+        async with service.decode_budget.hold(peak):
+            images = await anyio.to_thread.run_sync(service.prepare_all, uploads)
         t1 = time.perf_counter()
         probabilities = await model_thread.predict(images)  # (B, K)
         t2 = time.perf_counter()
@@ -643,7 +788,9 @@ def _add_page_route(app: FastAPI) -> None:
 
 
 def create_app(predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_files: int = DEFAULT_MAX_FILES,
-               max_pixels: int = DEFAULT_MAX_PIXELS, api_key: str | None = None, freeze_gc: bool = False) -> FastAPI:
+               max_pixels: int = DEFAULT_MAX_PIXELS, api_key: str | None = None, freeze_gc: bool = False,
+               allowed_hosts: list[str] | None = None, upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT,
+               decode_budget: int | None = None) -> FastAPI:
     """Build the HTTP service for ``predictor``.
 
     Args:
@@ -651,36 +798,131 @@ def create_app(predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
         max_upload_bytes: largest request body accepted (all files plus multipart framing);
             default 10 MiB. Larger bodies answer 413.
         max_files: most files in one request (default 16); more answer 413.
-        max_pixels: most pixels (voxels) one image may declare (default 50 million), checked
-            before it is decoded; more answer 422.
-        api_key: when given, every ``/v1/*`` request must carry it in the ``X-API-Key`` header
-            (else 401). The page, ``/healthz`` and ``/readyz`` stay open.
+        max_pixels: most pixels (voxels) one image may declare (default 50 million), and most
+            bytes its decoded samples may take (a 16-bit pixel counts 2, RGB 3), checked before
+            it is decoded; more answer 422.
+        api_key: when given, every request but ``/`` (the page) and ``/healthz`` must carry it
+            in the ``X-API-Key`` header (else 401): ``/v1/*``, ``/readyz``, ``/docs`` and
+            ``/openapi.json`` included.
         freeze_gc: after the warm-up, move every object then alive out of the garbage
             collector's reach (:func:`gc.freeze`), so that full collections stop pausing
             requests for hundreds of milliseconds. It changes the whole process: for a process
             that only serves (``medlens serve`` sets it); default False.
+        allowed_hosts: names the ``Host`` header may carry (Starlette's ``TrustedHostMiddleware``,
+            ``*.example.org`` patterns allowed): a web page on another site that rebinds its
+            DNS name to this server's address is refused with 400. None (default): any host.
+        upload_timeout: seconds a request body may take to arrive (default 60); slower answer 408.
+        decode_budget: bytes all decodes in flight may take together (see :class:`_DecodeBudget`);
+            None (default): a quarter of the available memory, at most 1 GiB.
 
     Returns:
-        The FastAPI app; serve it with uvicorn. Its lifespan warms the model up and stops the
-        model thread.
+        The FastAPI app; serve it with uvicorn (with :func:`server_settings`). Its lifespan warms
+        the model up and stops the model thread.
 
     Raises:
-        ValueError: a limit below 1, or an empty ``api_key``.
+        ValueError: a limit below 1, an empty ``api_key`` or a timeout that is not positive.
     """
-    _check_settings(max_upload_bytes=max_upload_bytes, max_files=max_files, max_pixels=max_pixels, api_key=api_key)
-    service = _Service(predictor, max_upload_bytes=max_upload_bytes, max_files=max_files, max_pixels=max_pixels)
+    _check_settings(max_upload_bytes=max_upload_bytes, max_files=max_files, max_pixels=max_pixels, api_key=api_key,
+                    upload_timeout=upload_timeout)
+    service = _Service(predictor, max_upload_bytes=max_upload_bytes, max_files=max_files, max_pixels=max_pixels,
+                       upload_timeout=upload_timeout, decode_budget=decode_budget)
     # FastAPIOffline: FastAPI whose /docs and /redoc load Swagger UI and ReDoc from files the
     # fastapi-offline package ships (served under /static-offline-docs), not from a CDN: the docs
     # of a service on a hospital network with no internet access would otherwise be a blank page.
+    # The description names the model and its task, not its classes: the schema is public where
+    # no key is set, and class names can say what a hospital screens for.
     app = FastAPIOffline(title="medlens", version=str(service.version or ""),
                          lifespan=_lifespan(service, freeze_gc=freeze_gc),
-                         description=f"{service.card.architecture} ({service.task.value}: "
-                                     f"{', '.join(service.class_names)}) served with {predictor.backend}.")
+                         description=f"{service.card.architecture} ({service.task.value}, "
+                                     f"{len(service.class_names)} classes) served with {predictor.backend}; "
+                                     "GET /v1/model for the model card.")
     _install_error_handlers(app)
-    v1 = _v1_router(api_key)
+    v1 = _v1_router()
     _add_predict_route(v1, service)
     _add_model_route(v1, service)
     app.include_router(v1)
     _add_health_routes(app, service)
     _add_page_route(app)
+    if api_key is not None:
+        app.add_middleware(_KeyGate, api_key=api_key)
+    if allowed_hosts is not None and "*" not in allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)
     return app
+
+
+# Seconds a connection may take to send a request's headers (from connecting, or from the end of
+# the previous answer): browsers and clients send them in one packet; a slow-loris client that
+# drips a byte at a time holds a connection open for ever without it (uvicorn has no such timeout).
+HEADER_TIMEOUT = 10.0
+# Memory that request bodies in flight may hold together (each up to max_upload_bytes):
+# limit_concurrency is sized from it, so that a crowd of large uploads answers 503 instead of
+# exhausting memory.
+UPLOAD_MEMORY = 1 << 30
+
+
+def _header_timeout_protocol(seconds: float) -> type:
+    """uvicorn's h11 protocol with a deadline for each request's headers (closes the connection)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11Protocol(H11Protocol):
+        header_timeout = seconds
+
+        def _arm_header_timer(self) -> None:
+            self._cancel_header_timer()
+            self._header_timer = self.loop.call_later(self.header_timeout, self._header_timeout_expired)
+
+        def _cancel_header_timer(self) -> None:
+            timer = getattr(self, "_header_timer", None)
+            if timer is not None:
+                timer.cancel()
+                self._header_timer = None
+
+        def _header_timeout_expired(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                logger.info("closed a connection from %s: no complete request headers within %g s",
+                            self.client[0] if self.client else "?", self.header_timeout)
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:  # the request line and headers are in
+                self._cancel_header_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_header_timer()
+
+        def connection_lost(self, exc) -> None:
+            self._cancel_header_timer()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutH11Protocol
+
+
+def server_settings(*, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+                    header_timeout: float = HEADER_TIMEOUT) -> dict:
+    """Keyword arguments for ``uvicorn.run`` that bound what connections may cost.
+
+    - ``limit_concurrency``: connections at once, ``UPLOAD_MEMORY // max_upload_bytes`` (102 at
+      10 MiB) within 16-256; more answer 503 at once instead of each buffering an upload;
+    - ``http``: the h11 protocol with a ``header_timeout`` (default 10 s) for each request's headers;
+    - ``timeout_keep_alive``: an idle keep-alive connection closes after 5 s (uvicorn's default,
+      stated so that it stays);
+    - ``h11_max_incomplete_event_size``: request line and headers of at most 16 KiB.
+
+    Example:
+        >>> server_settings()["limit_concurrency"]
+        102
+    """
+    return {
+        "http": _header_timeout_protocol(header_timeout),
+        "limit_concurrency": max(16, min(256, UPLOAD_MEMORY // max_upload_bytes)),
+        "timeout_keep_alive": 5,
+        "h11_max_incomplete_event_size": 16 * 1024,
+    }

@@ -11,7 +11,8 @@ beside the run, each atomically:
 
     RUN/export/model.onnx    the graph and weights
     RUN/export/model.json    the model card + {"onnx": {opset, input_name, output_name}}, the
-                             SHA-256 of the checkpoint it came from, and the verification result
+                             SHA-256 of the checkpoint it came from and of model.onnx itself
+                             (both checked when it is loaded), and the verification result
 
 Before ``model.onnx`` appears under its name, ONNX Runtime runs it on real test images of the
 dataset the model was trained on (``card.dataset["spec"]``), and the probabilities must agree
@@ -145,6 +146,7 @@ def export_onnx(
     document["onnx"] = {"opset": OPSET, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
                         "input": f"uint8 ({axes}) raw pixels", "output": "float32 (batch, classes) probabilities"}
     document["weights_sha256"] = weights_sha256
+    document["onnx_sha256"] = file_sha256(onnx_file)  # Predictor.load refuses a model.onnx that differs
     document["verification"] = {"images": len(images), "spec": card.dataset.get("spec"),
                                 "max_abs_difference": difference, "atol": atol}
     with atomic_path(card_file) as tmp:

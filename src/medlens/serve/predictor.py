@@ -47,49 +47,71 @@ class InputError(ValueError):
     """One input that cannot be used; ``str()`` is a short reason naming it."""
 
 
-def _pixel_count(data: bytes, name: str, suffix: str, max_pixels: int) -> int | None:
-    """Decoded pixel (voxel) count read from the header alone, before any pixel is decoded.
+class NonFiniteOutput(ValueError):
+    """The model gave NaN or infinite probabilities: never a result (the weights or the export are broken)."""
+
+
+def _pillow_bytes_per_pixel(mode: str) -> int:
+    """Bytes one pixel of a Pillow ``mode`` takes once decoded (palette images are decoded to RGB(A))."""
+    from PIL import ImageMode
+
+    if mode in ("P", "PA"):
+        return 3 if mode == "P" else 4
+    described = ImageMode.getmode(mode)
+    return max(1, np.dtype(described.typestr).itemsize) * len(described.bands)
+
+
+def decoded_size(data: bytes, name: str, suffix: str) -> tuple[int, int] | None:
+    """``(pixels, bytes)`` a file decodes to, read from its header alone, before any pixel is decoded.
+
+    ``bytes`` counts what the decoded samples take in memory: pixels x channels x bytes per sample
+    (a 16-bit grayscale PNG costs 2 bytes a pixel, or 4 where Pillow widens it to 32-bit; RGB 3;
+    16-bit DICOM 2; a float32 volume 4). That is the cost a tiny compressed upload can make the
+    decoder pay, so it is what the pixel budget counts.
 
     Returns None where the format has no cheap header to read. Raises InputError for a header
-    that cannot be parsed (the decoder would fail on it too).
+    that cannot be parsed (the decoder would fail on it too); its message holds no header value.
     """
     try:
         if suffix in IMAGE_2D_SUFFIXES:
             from PIL import Image
 
-            # Image.open reads only the header; .size is known before any pixel is decoded.
+            # Image.open reads only the header; .size and .mode are known before any pixel is decoded.
             try:
                 with Image.open(io.BytesIO(data)) as img:
                     width, height = img.size
-                    return width * height
+                    return width * height, width * height * _pillow_bytes_per_pixel(img.mode)
             except Image.DecompressionBombError as exc:  # over twice Pillow's own limit: refused at open
                 import re
 
                 size = re.search(r"\((\d+) pixels\)", str(exc))
-                count = f"{int(size.group(1)):,} pixels" if size else "more pixels than Pillow opens"
-                raise InputError(f"{name}: {count} is more than the limit of {max_pixels:,}") from None
+                count = int(size.group(1)) if size else 2**62
+                return count, count
         if suffix in DICOM_SUFFIXES:
-            import pydicom
+            from medlens.data.readers import dicom_header
 
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+            ds = dicom_header(data)
             frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-            return int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * frames
+            pixels = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * frames
+            per_sample = -(-int(ds.get("BitsAllocated", 8) or 8) // 8)
+            return pixels, pixels * per_sample * int(ds.get("SamplesPerPixel", 1) or 1)
         if suffix in (".nii", ".nii.gz"):
             import nibabel as nib
 
             handle = gzip.GzipFile(fileobj=io.BytesIO(data)) if data[:2] == b"\x1f\x8b" else io.BytesIO(data)
             header = nib.Nifti1Header.from_fileobj(handle, check=False)
-            return int(np.prod(header.get_data_shape()[:3], dtype=np.int64))
+            voxels = int(np.prod(header.get_data_shape()[:3], dtype=np.int64))
+            total = int(np.prod(header.get_data_shape(), dtype=np.int64))
+            return voxels, total * header.get_data_dtype().itemsize
         if suffix == ".npy":
             handle = io.BytesIO(data)
             version = np.lib.format.read_magic(handle)
             read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
                 np.lib.format.read_array_header_2_0
-            shape, _, _ = read_header(handle)
+            shape, _, dtype = read_header(handle)
             colour = len(shape) == 3 and shape[-1] in (3, 4)
-            return int(np.prod(shape[:-1] if colour else shape, dtype=np.int64))
-    except InputError:
-        raise
+            pixels = int(np.prod(shape[:-1] if colour else shape, dtype=np.int64))
+            return pixels, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     except Exception as exc:  # header parsers raise many types (OSError, ValueError, struct.error, ...)
         raise InputError(f"{name}: not a readable {suffix} file ({type(exc).__name__})") from None
     return None
@@ -122,11 +144,10 @@ def _gunzip_nifti(data: bytes, name: str) -> bytes:
 
 def _dicom_frames(data: bytes) -> int:
     """Number of frames in a DICOM file, from its header (1 when absent or unreadable)."""
-    import pydicom
+    from medlens.data.readers import dicom_header
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
-        return int(getattr(ds, "NumberOfFrames", 1) or 1)
+        return int(getattr(dicom_header(data), "NumberOfFrames", 1) or 1)
     except Exception:  # a corrupt file: the decoder reports it with its reason
         return 1
 
@@ -156,7 +177,8 @@ class Predictor:
     several threads at once (Grad-CAM runs on its own copy of the model).
     """
 
-    def __init__(self, card, *, backend: str, weights: Path, model=None, session=None) -> None:
+    def __init__(self, card, *, backend: str, weights: Path, model=None, session=None,
+                 served_sha256: str | None = None, weights_sha256: str | None = None) -> None:
         """Use :meth:`load`; this takes already-loaded parts.
 
         Args:
@@ -165,6 +187,10 @@ class Predictor:
             weights: the ``.safetensors`` checkpoint (hashed for :attr:`info`; loaded for Grad-CAM).
             model: the torch model, in eval mode.
             session: an ``onnxruntime.InferenceSession`` of the exported model.
+            served_sha256: SHA-256 of the file that answers (``model.onnx`` for ONNX); None:
+                the weights file's.
+            weights_sha256: SHA-256 of ``weights`` as checked at load; Grad-CAM loads them
+                later only if they still hash to it. None: not checked.
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -176,7 +202,8 @@ class Predictor:
         self._session = session
         self._inference_model = None
         self._lock = threading.Lock()
-        self._version: str | None = None
+        self._version: str | None = served_sha256[:12] if served_sha256 else None
+        self._weights_sha256 = weights_sha256
         self._task = None
 
     @classmethod
@@ -211,10 +238,21 @@ class Predictor:
             raise FileNotFoundError(f"{onnx_file} does not exist; run `medlens export {folder.path} --format onnx` "
                                     "first, or use --backend torch")
         exported = json.loads(onnx_card.read_text())
-        if exported.get("weights_sha256") != file_sha256(weights):
+        weights_sha256 = file_sha256(weights)
+        if exported.get("weights_sha256") != weights_sha256:
             raise ValueError(f"{onnx_file} was exported from other weights than {weights}; run "
                              f"`medlens export {folder.path} --format onnx` again")
-        return cls(card, backend="onnx", weights=weights, session=_onnx_session(onnx_file))
+        # The graph itself must be the one exported: a swapped model.onnx would answer with
+        # another model than the card (and Grad-CAM) describe.
+        onnx_sha256 = exported.get("onnx_sha256")
+        if onnx_sha256 is None:
+            raise ValueError(f"{onnx_card} records no SHA-256 of {onnx_file.name} (an export of an older medlens); "
+                             f"run `medlens export {folder.path} --format onnx` again")
+        if file_sha256(onnx_file) != onnx_sha256:
+            raise ValueError(f"{onnx_file} is not the file that was exported (its SHA-256 differs from the one in "
+                             f"{onnx_card.name}); run `medlens export {folder.path} --format onnx` again")
+        return cls(card, backend="onnx", weights=weights, session=_onnx_session(onnx_file),
+                   served_sha256=onnx_sha256, weights_sha256=weights_sha256)
 
     # ------------------------------------------------------------------ decoding
 
@@ -225,9 +263,11 @@ class Predictor:
             data: the file's contents.
             name: its name (the suffix picks the decoder; the name appears in error messages).
             max_pixels: refuse an image (or volume) with more decoded pixels (voxels) than this,
-                checked from the header before the pixels are decoded (PNG, JPEG, BMP, TIFF,
-                DICOM, NIfTI, .npy); a ``.nii.gz`` is then also inflated no further than its
-                header declares. Pillow's global limit is left as it is. None: no limit.
+                or whose decoded samples take more bytes than this (bit depth and channels
+                count: a 16-bit pixel costs 2, RGB 3; see :func:`decoded_size`), checked from the
+                header before the pixels are decoded (PNG, JPEG, BMP, TIFF, DICOM, NIfTI, .npy);
+                a ``.nii.gz`` is then also inflated no further than its header declares. Pillow's
+                global limit is left as it is. None: no limit.
 
         Returns:
             uint8 ``(C, S, S)`` for a 2D model or ``(C, S, S, S)`` for a 3D one, with the card's
@@ -243,8 +283,13 @@ class Predictor:
             raise InputError(f"{name}: unsupported file type {suffix or '(none)'!r}; supported: "
                              f"{', '.join(SUPPORTED_SUFFIXES)}")
         if max_pixels is not None:
-            count = _pixel_count(data, name, suffix, max_pixels)
-            if count is not None and count > max_pixels:
+            size = decoded_size(data, name, suffix)
+            if size is not None and max(size) > max_pixels:
+                count, nbytes = size
+                if nbytes > max_pixels and count <= max_pixels:
+                    raise InputError(f"{name}: {count:,} pixels x {nbytes // max(count, 1)} bytes = {nbytes:,} bytes "
+                                     f"decoded is more than the limit of {max_pixels:,} (a 16-bit or colour pixel "
+                                     "counts as several 8-bit ones)")
                 raise InputError(f"{name}: {count:,} pixels is more than the limit of {max_pixels:,}")
         if max_pixels is not None and suffix == ".nii.gz" and data[:2] == b"\x1f\x8b":
             # The reader inflates the whole stream; a header claiming a small volume followed by a
@@ -260,10 +305,7 @@ class Predictor:
                 raise InputError(f"{name}: multi-frame DICOM ({frames} frames) cannot be used: {what}")
         try:
             decoded = read_image(data, name_for_reader, size=self.card.input_size)
-        except UnreadableImage as exc:
-            if suffix in DICOM_SUFFIXES and exc.__cause__ is not None:
-                # A parser's own message may quote element values (names, ids): give only its type.
-                raise InputError(f"{name}: not a readable DICOM file ({type(exc.__cause__).__name__})") from None
+        except UnreadableImage as exc:  # its reason is already free of DICOM values (readers.safe_reason)
             raise InputError(f"{name}: {exc}") from None
         if decoded.spatial_dims != dims:
             if dims == 2:
@@ -303,6 +345,7 @@ class Predictor:
 
         Raises:
             ValueError: wrong dtype or shape (the message gives the expected one).
+            NonFiniteOutput: a probability is NaN or infinite (never returned as a result).
         """
         images = self._check_batch(images)
         out = np.zeros((len(images), len(self.card.class_names)), dtype=np.float32)
@@ -310,6 +353,10 @@ class Predictor:
             chunk = images[start:start + self.batch_size]
             out[start:start + len(chunk)] = self._predict_torch(chunk) if self.backend == "torch" \
                 else self._session.run(None, {self._session.get_inputs()[0].name: chunk})[0]
+        if not np.isfinite(out).all():
+            bad = int((~np.isfinite(out)).any(axis=1).sum())
+            raise NonFiniteOutput(f"the {self.backend} model gave NaN or infinite probabilities for {bad} of "
+                                  f"{len(out)} image(s): its weights are broken (a diverged run?)")
         return out
 
     def _predict_torch(self, chunk: np.ndarray) -> np.ndarray:
@@ -357,6 +404,11 @@ class Predictor:
                 if self._model is None:
                     from medlens.engine.checkpoint import load_model
 
+                    # Grad-CAM must explain the model that answers: the weights the served export
+                    # was made from (checked at load), not whatever the file holds by now.
+                    if self._weights_sha256 is not None and file_sha256(self._weights) != self._weights_sha256:
+                        raise ValueError(f"{self._weights} changed since the model was loaded; Grad-CAM would "
+                                         "explain another model than the one answering: restart the server")
                     self._model, _ = load_model(self._weights)
                 self._inference_model = InferenceModel.from_card(self._model, self.card).eval()
             return self._inference_model
@@ -365,7 +417,8 @@ class Predictor:
 
     @property
     def version(self) -> str:
-        """First 12 hex digits of the SHA-256 of the weights file: changes whenever the weights do."""
+        """First 12 hex digits of the SHA-256 of the file that answers: the weights (torch) or
+        ``model.onnx`` (onnx); changes whenever it does."""
         if self._version is None:
             self._version = file_sha256(self._weights)[:12]
         return self._version
@@ -387,6 +440,7 @@ class Predictor:
             "medlens_version": card.versions.get("medlens"),
             "backend": self.backend,
             "version": self.version,
+            "served_file": (self._weights.name if self.backend == "torch" else "model.onnx"),
         })
 
 
