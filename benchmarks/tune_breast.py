@@ -72,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         fast = [sys.executable, "-m", "medlens", "train", "breastmnist", "--recipe", "fast", "--out", str(fast_dir),
                 *common]
         fast_wall = _run(fast + (["--epochs", str(baseline_epochs)] if baseline_epochs else []))
-        summary = json.loads((tune_dir / "tune_summary.json").read_text())
-        fast_metrics = json.loads((fast_dir / "metrics.json").read_text())
+        from medlens.engine.run_folder import RunFolder
+
+        summary = json.loads(RunFolder(tune_dir).tune_summary.read_text())
+        fast_metrics = RunFolder(fast_dir).read_metrics()
     counts = summary["counts"]
     best = summary["best"]
     record = {

@@ -35,7 +35,7 @@ def test_tracking_tags_nest_a_run_under_another(medmnist_root, tmp_path):
     config = quick_config(data={"spec": "breastmnist", "root": str(medmnist_root), "batch_size": 64},
                           train={"epochs": 1, "tracking_uri": None})
     train(config, tmp_path / "child", tracking_tags={"mlflow.parentRunId": "abc123"})
-    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+    with sqlite3.connect(RunFolder(tmp_path / "child").tracking_db) as db:
         tags = db.execute("select t.value from runs r join tags t on t.run_uuid = r.run_uuid "
                           "where r.name = 'child' and t.key = 'mlflow.parentRunId'").fetchall()
     assert tags == [("abc123",)]

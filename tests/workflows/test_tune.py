@@ -167,7 +167,7 @@ def test_best_yaml_is_what_medlens_train_reuses(searched, tmp_path, capsys):
 @pytest.mark.slow
 def test_each_trial_is_an_mlflow_run_nested_under_the_tune(searched):
     out, _, summary = searched
-    with sqlite3.connect(out.parent / "mlflow.db") as db:
+    with sqlite3.connect(RunFolder(out).tracking_db) as db:
         runs = dict(db.execute("select name, run_uuid from runs").fetchall())
         parents = dict(db.execute("select r.name, t.value from runs r join tags t on t.run_uuid = r.run_uuid "
                                   "where t.key = 'mlflow.parentRunId'").fetchall())

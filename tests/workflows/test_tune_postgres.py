@@ -117,5 +117,5 @@ def test_two_workers_finish_n_trials_together_with_no_duplicate_and_none_lost(po
     assert folders["w1"] and folders["w2"], "both workers took part"
     for t in finished:
         assert RunFolder(t.user_attrs["run_dir"]).is_finished
-    summary = yaml.safe_load((tmp_path / "w1" / "tune_summary.json").read_text())
+    summary = yaml.safe_load(RunFolder(tmp_path / "w1").tune_summary.read_text())
     assert summary["counts"]["complete"] + summary["counts"]["pruned"] == trials
