@@ -189,6 +189,42 @@ def test_report_of_a_tune_has_the_search_section(searched):
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_report_of_a_tune_renders_offline_in_chromium(searched, tmp_path):
+    from medlens.report.html import build_report
+
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.is_file():
+        if os.environ.get("CI", "").strip().lower() == "true":
+            pytest.fail("/usr/bin/chromium is missing under CI=true: `make test` installs it", pytrace=False)
+        pytest.skip("/usr/bin/chromium not installed (Debian package chromium; `make test` installs it as root)")
+    from playwright.sync_api import sync_playwright
+
+    report = build_report(searched[0], out=tmp_path / "report.html")
+    errors, requests = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--headless", "--no-sandbox",
+                                                                          "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+
+            def block(route):
+                requests.append(route.request.url)
+                route.continue_() if route.request.url.startswith("file://") else route.abort()
+
+            page.route("**/*", block)
+            page.goto(report.as_uri())
+            page.wait_for_selector(".plot .main-svg", timeout=30_000)
+            plots, drawn = page.locator(".plot").count(), page.locator(".plot:has(.main-svg)").count()
+        finally:
+            browser.close()
+    assert errors == [] and [u for u in requests if not u.startswith("file://")] == []
+    assert plots >= 3 and drawn == plots  # history, intermediate values, parallel coordinates (+ importances)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_rerun_continues_the_study_and_refits(searched):
     out, base, first = searched
     folder = RunFolder(out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 
 def _say(message: str) -> None:
@@ -11,6 +12,7 @@ def _say(message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()  # the budget covers the whole command, loading torch included
     from medlens.commands._options import train_overrides
     from medlens.engine.auto import build_train_config, parse_budget
     from medlens.engine.run_folder import RunFolder
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     config, _ = build_train_config(train_overrides(args), recipe=args.recipe, budget=None, file=args.config, say=_say)
     budget = None if args.budget is None else parse_budget(args.budget)
     summary = tune(config, args.out, space=space, trials=args.trials, budget_s=budget, storage=args.storage,
-                   study_name=args.study, pruner=args.pruner, refit=args.refit, say=_say)
+                   study_name=args.study, pruner=args.pruner, refit=args.refit, say=_say, started=started)
     folder = RunFolder(args.out)
     print(format_summary(summary))
     counts = summary["counts"]

@@ -146,7 +146,7 @@ def _tune_sections(parent: Path) -> tuple[list[str], str]:
     names = list(summary["space"])
     rows = [[str(r["number"]) + (" (best)" if best and r["number"] == best["number"] else ""), r["state"].lower(),
              _fmt(r["value"], 4), _fmt(r["epochs_run"], 0), _fmt(r["duration_s"], 0),
-             *(_e(str(r["params"].get(n, "-"))) for n in names)] for r in summary["trials"]]
+             *(_param(r["params"].get(n, "-")) for n in names)] for r in summary["trials"]]
     table = _table(["trial", "state", monitor, "epochs", "seconds", *names], rows)
     what = (f"{counts['complete']} complete, {counts['pruned']} pruned and {counts['fail']} failed trials on "
             f"<b>{_e(summary['data'])}</b>; objective: the best validation <b>{_e(monitor)}</b> of each trial "
@@ -169,6 +169,10 @@ def _tune_sections(parent: Path) -> tuple[list[str], str]:
                         f"{refit['epochs']} epochs on train + val, scored once on test: ACC {_fmt(test['acc'])}, "
                         f"AUC {_fmt(test['auc'])} (n = {test['n']}).</p></section>")
     return sections, f"medlens report: {parent.name} (tune)"
+
+
+def _param(value) -> str:
+    return _e(f"{value:.3g}" if isinstance(value, float) else str(value))
 
 
 def _tune_figures(summary: dict) -> list[dict]:

@@ -73,7 +73,7 @@ class _Surplus(Exception):
 
 def tune(config, out: str | os.PathLike, *, space, trials: int | None = None, budget_s: float | None = None,
          storage: str | None = None, study_name: str | None = None, pruner: str = "halving",
-         refit: bool = False, say=print) -> dict:
+         refit: bool = False, say=print, started: float | None = None) -> dict:
     """Run (or continue) a hyperparameter search; see the module docstring.
 
     Args:
@@ -90,6 +90,8 @@ def tune(config, out: str | os.PathLike, *, space, trials: int | None = None, bu
         pruner: ``halving`` (successive halving, the default), ``hyperband``, ``median`` or ``none``.
         refit: afterwards, train the best config on train + val and score it on test once.
         say: where progress lines go.
+        started: the ``time.monotonic()`` the budget counts from (the command passes its own
+            start, so loading the libraries counts too); None: now.
 
     Returns:
         The summary (also ``OUT/tune_summary.json``).
@@ -101,7 +103,7 @@ def tune(config, out: str | os.PathLike, *, space, trials: int | None = None, bu
 
     from medlens.workflows.tune_space import check_space
 
-    started = time.monotonic()  # the budget counts from here: checking and loading are part of the job
+    started = time.monotonic() if started is None else started  # checking and loading are part of the job
     if trials is None and budget_s is None:
         raise ValueError("give --trials N, --budget (e.g. 10m), or both: otherwise the search never ends")
     if pruner not in PRUNERS:
