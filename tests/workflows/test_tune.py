@@ -333,3 +333,35 @@ def test_kill_9_loses_no_finished_trial_and_counts_none_twice(medmnist_root, tmp
     retry = [r for r in summary["trials"] if r["retry_of"] == 1]
     assert len(retry) == 1 and retry[0]["params"] == summary["trials"][1]["params"]
     assert {p: p.stat().st_mtime_ns for p in kept} == kept, "a finished trial was touched"
+
+
+@pytest.mark.integration
+def test_space_data_sizes_are_loaded_before_any_trial(medmnist_root, tmp_path):
+    missing = tmp_path / "no-data"
+    missing.mkdir()
+    base = quick_config(data={"spec": "breastmnist", "root": str(medmnist_root)})
+    loaded = []
+
+    def sources(data):
+        loaded.append(data.size)
+        if data.size == 64:
+            raise FileNotFoundError("breastmnist_64.npz is not in the data folder")
+
+    with pytest.raises(ValueError) as err:
+        check_space(parse_space({"data.size": [28, 64]}), base.to_dict(), sources=sources)
+    assert loaded == [28, 64]
+    assert "data.size = 64 is not valid: breastmnist_64.npz is not in the data folder" in single_line(err.value)
+
+
+@pytest.mark.integration
+def test_model_keywords_must_suit_every_model_the_space_draws(medmnist_root):
+    from medlens.engine.config import resolve_data
+
+    base = _base(medmnist_root)
+    space = parse_space({"model.name": ["resnet_compact", "cnn_small"], "model.kwargs.width": [16, 24]})
+    with pytest.raises(ValueError) as err:
+        check_space(space, base.to_dict(), source=resolve_data(base.data))
+    assert ("model.kwargs.width = 16 (with model.name 'cnn_small') is not valid: model 'cnn_small' has no option "
+            "width") in single_line(err.value)
+    check_space(parse_space({"model.name": ["resnet_compact"], "model.kwargs.width": [16, 24]}),
+                base.to_dict(), source=resolve_data(base.data))

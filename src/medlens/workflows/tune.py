@@ -119,7 +119,7 @@ def tune(config, out: str | os.PathLike, *, space, trials: int | None = None, bu
     base = config.to_dict()
     base["train"]["members"] = 1
     sources = _Sources()
-    check_space(space, base, source=sources.get(config.data))
+    check_space(space, base, source=sources.get(config.data), sources=sources.get)
     record = study_record(config, space)
     name = study_name or out.resolve().name
     created = not out.exists()
@@ -369,6 +369,7 @@ class _Runner:
         self.tracking_uri = config.train.tracking_uri or default_tracking_uri(out)
         self.start = started
         self.overheads: list[float] = []
+        self.walls: list[float] = []
         self.stop = False
 
     @property
@@ -400,6 +401,12 @@ class _Runner:
             share = self._share()
             if share is not None and share < 1.0:
                 self.say(f"tune: budget of {self.budget_s:.0f} s spent ({self.wall_s:.0f} s): no further trial")
+                return
+            if share is not None and self.trials is None and self.walls and share < 0.5 * statistics.median(self.walls):
+                # Without --trials a trial runs its epochs; one started with under half the time the
+                # others took would be cut short and compared unfairly with them.
+                self.say(f"tune: {share:.0f} s of the budget left, under half a trial's "
+                         f"{statistics.median(self.walls):.0f} s: no further trial")
                 return
             self.study.optimize(lambda trial, share=share: self._objective(trial, share), n_trials=1,
                                 catch=(_Surplus,), gc_after_trial=False)
@@ -456,6 +463,7 @@ class _Runner:
                               tracking_tags=tags)
         wall = time.monotonic() - start
         self.overheads.append(max(0.0, wall - result.metrics["seconds"]))
+        self.walls.append(wall)
         history = read_history(run.history)
         scores = [row[self.monitor] for row in history if math.isfinite(row[self.monitor])]
         trial.set_user_attr("epochs_run", result.metrics["epochs_run"])

@@ -261,33 +261,48 @@ def _range(where: str, name: str, spec: dict) -> Param:
     return Param(name, kind, low=low, high=high, step=step, log=kind == "int" and log)
 
 
-def check_space(space: Space, base: dict, *, source=None) -> None:
+# Data fields that change what is loaded: each of their values is loaded once before the first trial.
+LOADING_FIELDS = ("data.size", "data.channels")
+
+
+def check_space(space: Space, base: dict, *, source=None, sources=None) -> None:
     """Every choice and range end of ``space`` must make a valid config on top of ``base``.
 
     Args:
         space: the parsed space.
         base: the base config as a nested dict (:meth:`RunConfig.to_dict`).
-        source: the resolved data; when given, each value of a model field is also checked by
-            building the model (an unknown keyword of the model fails here).
+        source: the resolved data of ``base``; when given, each value of a model field is also
+            checked by building the model (an unknown keyword of the model fails here).
+        sources: ``DataConfig -> Source`` (cached); when given, each value of a field that
+            changes what is loaded (``data.size``, ``data.channels``) is loaded once here, so
+            missing data fails before the first trial, not in one of them.
 
     Raises:
-        ValueError: the first value the config (or the model) refuses, naming the field.
+        ValueError: the first value the config, the model or the data refuses, naming the field.
     """
     from medlens.engine.config import config_from_dict
     from medlens.models import get_model_spec
 
     where = f"space {space.source}" if space.source == "default" else f"space file {space.source}"
+    model_names = next((list(p.choices) for p in space.params if p.name == "model.name"), [None])
     for param in space.params:
         for value in param.values_to_check():
-            try:
-                cfg = config_from_dict(trial_config_dict(base, space.overrides({param.name: value})))
-                get_model_spec(cfg.model.name)
-                if source is not None and param.name.startswith("model."):
-                    from medlens.engine.train import model_and_loss
+            # A model keyword must suit every model the space can draw with it.
+            names = model_names if param.name.startswith("model.kwargs.") else [None]
+            for name in names:
+                values = {param.name: value, **({"model.name": name} if name is not None else {})}
+                try:
+                    cfg = config_from_dict(trial_config_dict(base, space.overrides(values)))
+                    get_model_spec(cfg.model.name)
+                    if source is not None and param.name.startswith("model."):
+                        from medlens.engine.train import model_and_loss
 
-                    model_and_loss(cfg, source)
-            except (ValueError, TypeError) as err:
-                raise ValueError(f"{where}: {param.name} = {value!r} is not valid: {err}") from None
+                        model_and_loss(cfg, source)
+                    if sources is not None and param.name in LOADING_FIELDS:
+                        sources(cfg.data)
+                except (ValueError, TypeError, OSError) as err:
+                    with_model = f" (with model.name {name!r})" if name is not None else ""
+                    raise ValueError(f"{where}: {param.name} = {value!r}{with_model} is not valid: {err}") from None
 
 
 def trial_config_dict(base: dict, overrides: dict) -> dict:
