@@ -285,7 +285,7 @@ def test_unreachable_storage_is_one_line_and_creates_nothing(medmnist_root, tmp_
 @pytest.mark.integration
 @pytest.mark.slow
 def test_budget_is_kept(medmnist_root, tmp_path):
-    budget = 40.0
+    budget = 30.0
     start = time.monotonic()
     summary = tune(_base(medmnist_root, epochs=200), tmp_path / "tune", space=parse_space(SPACE), budget_s=budget,
                    trials=2, say=print)

@@ -94,7 +94,7 @@ def test_two_workers_finish_n_trials_together_with_no_duplicate_and_none_lost(po
     workers = []
     for name in ("w1", "w2"):  # two machines: each its own folder of trial runs, one study
         args = [sys.executable, "-m", "medlens", "tune", "breastmnist", "--root", str(medmnist_root), "--recipe",
-                "default", "--model", "cnn_small", "--batch-size", "64", "--epochs", "2", "--space", str(space),
+                "default", "--model", "cnn_small", "--batch-size", "64", "--epochs", "1", "--space", str(space),
                 "--trials", str(trials), "--pruner", "none", "--tracking-uri", "none", "--no-progress",
                 "--no-report", "--storage", postgres_url, "--study", "shared", "--out", str(tmp_path / name)]
         workers.append(subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

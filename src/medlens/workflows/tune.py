@@ -211,9 +211,7 @@ def _open_study(url: str, name: str, record: dict, config, *, pruner: str, trial
         # Several local workers may share one SQLite study: wait for the write lock, not fail.
         engine_kwargs = {"connect_args": {"timeout": 60}}
     try:
-        with _quiet_optuna():
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
-                                                 grace_period=GRACE_S, heartbeat_stale_trial_callback=_retry())
+        storage = _storage(url, engine_kwargs)
         study = optuna.create_study(storage=storage, study_name=name, direction=record["direction"],
                                     sampler=_sampler(config, trials, storage, name), pruner=_pruner(pruner, config),
                                     load_if_exists=True)
@@ -230,6 +228,24 @@ def _open_study(url: str, name: str, record: dict, config, *, pruner: str, trial
         raise ValueError(f"study {name!r} in {redact(url)} was made for {_difference(stored, record)}; "
                          "rerun with the same DATA and options to continue it, or choose another --study / --out")
     return study, storage
+
+
+def _storage(url: str, engine_kwargs: dict):
+    """Optuna's RDB storage of ``url``, with heartbeats; workers that start together on a new database
+    race to create its tables, and the losers retry once the winner is done."""
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(6):
+        try:
+            with _quiet_optuna():
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
+                                                  grace_period=GRACE_S, heartbeat_stale_trial_callback=_retry())
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == 5:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _difference(stored: dict, record: dict) -> str:
