@@ -124,20 +124,24 @@ def tune(config, out: str | os.PathLike, *, space, trials: int | None = None, bu
     name = study_name or out.resolve().name
     created = not out.exists()
     url = storage or f"sqlite:///{folder.study_db.resolve()}"
-    if storage is None:
-        out.mkdir(parents=True, exist_ok=True)
+    # tune.json first, the study second: a tune killed between the two is still a tune folder
+    # that the same command continues. A folder this call made is removed again if the study
+    # cannot be opened (an unreachable storage, another search's study), so nothing is left behind.
+    new_record = not folder.is_tune
+    out.mkdir(parents=True, exist_ok=True)
+    if new_record:
+        write_json(folder.tune_record, {**record, "study": name, "storage": redact(url),
+                                        "embedded": storage is None})
     try:
         study, storage_ = _open_study(url, name, record, config, pruner=pruner, trials=trials)
     except BaseException:
-        if created and out.exists() and not folder.is_tune:
+        if created:
             import shutil
 
             shutil.rmtree(out, ignore_errors=True)
+        elif new_record:
+            folder.tune_record.unlink(missing_ok=True)
         raise
-    out.mkdir(parents=True, exist_ok=True)
-    if not folder.is_tune:
-        write_json(folder.tune_record, {**record, "study": name, "storage": redact(url),
-                                        "embedded": storage is None})
     _requeue_dead_trials(study, storage_, say)
     parent = _parent_run(config, out, record)
     runner = _Runner(study, storage_, base, space, out, config, sources, budget_s=budget_s, trials=trials,
@@ -305,8 +309,11 @@ def _requeue_dead_trials(study, storage, say) -> None:
     host = socket.gethostname()
     retry = _retry()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = trial.user_attrs.get("pid")
-        if trial.user_attrs.get("host") != host or pid is None or _alive(pid):
+        pid, run_dir = trial.user_attrs.get("pid"), trial.user_attrs.get("run_dir")
+        # Ours for sure only if it ran here: same host name, and its run folder on this disk
+        # (containers on two machines can share a host name); otherwise the heartbeat decides.
+        mine = trial.user_attrs.get("host") == host and run_dir is not None and Path(run_dir).is_dir()
+        if not mine or pid is None or _alive(pid):
             continue
         storage.set_trial_system_attr(trial._trial_id, "fail_reason", f"its worker (pid {pid}) died")
         if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
