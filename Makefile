@@ -9,7 +9,7 @@ ifneq ($(wildcard $(SHARED_DATA)/medmnist),)
 export MEDLENS_DATA ?= $(SHARED_DATA)/medmnist
 endif
 
-.PHONY: venv browser demo test bench clean
+.PHONY: venv browser postgres demo test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,19 @@ browser:
 	  else echo "chromium is missing and cannot be installed here (not root): the browser tests skip"; fi; \
 	fi
 
-test: venv browser
+# The shared-study test of `medlens tune` starts a throw-away PostgreSQL server from Debian's
+# postgresql package (initdb + pg_ctl in a temporary folder, on 127.0.0.1). Installed with
+# apt-get when missing and root (CI); otherwise that test skips with a reason, except under
+# CI=true, where it fails.
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	      || echo "could not install postgresql: the shared-study tune test will not pass"; \
+	  else echo "postgresql is missing and cannot be installed here (not root): the shared-study tune test skips"; fi; \
+	fi
+
+test: venv browser postgres
 	$(PY) -m pytest
 
 bench: venv

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--resume RUN continues RUN with its own config; give no DATA or --out with it")
         result = workflows.resume(args.resume)
     else:
-        if not args.data:
+        if not args.data and not args.config:
             raise ValueError("name the data to train on (e.g. medlens train breastmnist --out runs/x), or --resume RUN")
         if not args.out:
             raise ValueError("--out RUN_FOLDER is required (e.g. --out runs/breast-cnn)")

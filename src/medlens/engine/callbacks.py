@@ -171,6 +171,31 @@ def epoch_line(row: dict, epochs: int | None, improved: bool) -> str:
             f"{row['images_per_second']:.0f} img/s{'  *best*' if improved else ''}")
 
 
+class EpochHook(Callback):
+    """Calls ``fn(epoch, metrics) -> bool`` after each epoch's validation, on the main process; a true
+    answer stops training after this epoch (the run still saves it and finishes normally).
+
+    The engine knows nothing of what the hook is for: a hyperparameter search feeds its pruner
+    through it (:mod:`medlens.workflows.tune`). Being a plain ``Callback``, Lightning runs it before
+    :class:`RunRecorder` (a ``Checkpoint``), which then records and saves the epoch as usual.
+    With several processes (DDP) every process asks the hook, so they all stop together; a
+    hook should then answer the same on every process.
+
+    Args:
+        fn: ``(epoch, metrics)``: the 0-based epoch and the logged values (``val_auc``,
+            ``val_acc``, ``val_loss``, ... as floats; an undefined metric NaN).
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics = {k: (math.nan if math.isinf(v) else v) for k, v in metrics.items()}
+        if self.fn(trainer.current_epoch, metrics):
+            trainer.should_stop = True
+
+
 class EpochProgress(Callback):
     """The one progress display of a training run, on stderr of the main process.
 

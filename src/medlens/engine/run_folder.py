@@ -34,6 +34,13 @@ Later commands add, each atomically::
 A group (``medlens cv``, ``medlens train --seeds``) is a folder of run folders plus ``group.json``
 (what the group is: kind, each member's config; :attr:`RunFolder.group`), the summary
 ``cv_summary.json`` or ``seeds_summary.json`` (:meth:`RunFolder.summary`) and ``report.html``.
+A tuning folder (``medlens tune``) holds ``tune.json`` (what the search is: data, objective,
+space, where the study is; :attr:`RunFolder.tune_record`), the Optuna study ``study.db`` (SQLite,
+unless ``--storage`` names another database; :attr:`RunFolder.study_db`), one normal run folder
+per trial under ``trials/NNN`` (:meth:`RunFolder.trial`), ``tune_summary.json``, the best trial's
+config ``best.yaml`` (:attr:`RunFolder.best_config`), ``report.html``, and with ``--refit`` the
+best config retrained on train + val under ``refit/`` (:attr:`RunFolder.refit`).
+
 The folder holding a run also holds the default MLflow store, ``mlflow.db`` and
 ``mlflow-artifacts/`` (:attr:`RunFolder.tracking_db`), shared by every run beside it.
 
@@ -324,6 +331,47 @@ class RunFolder:
         if kind not in SUMMARY_KINDS:
             raise ValueError(f"group kind must be one of {', '.join(SUMMARY_KINDS)}; got {kind!r}")
         return self.path / f"{kind}_summary.json"
+
+    # ------------------------------------------------------------------ tuning
+
+    @property
+    def tune_record(self) -> Path:
+        """``tune.json`` of a tuning folder: the search's data, objective, space and storage."""
+        return self.path / "tune.json"
+
+    @property
+    def study_db(self) -> Path:
+        """``study.db``: the Optuna study of a tuning folder (SQLite, the default storage)."""
+        return self.path / "study.db"
+
+    @property
+    def trials_dir(self) -> Path:
+        """``trials/``: one run folder per trial."""
+        return self.path / "trials"
+
+    def trial(self, number: int) -> RunFolder:
+        """``trials/NNN``: the run folder of trial ``number`` (zero-padded to 3 digits)."""
+        return RunFolder(self.trials_dir / f"{number:03d}")
+
+    @property
+    def tune_summary(self) -> Path:
+        """``tune_summary.json``: the best trial, its config, every trial's value and duration."""
+        return self.path / "tune_summary.json"
+
+    @property
+    def best_config(self) -> Path:
+        """``best.yaml``: the best trial's config, for ``medlens train --config best.yaml``."""
+        return self.path / "best.yaml"
+
+    @property
+    def refit(self) -> RunFolder:
+        """``refit/``: the best config trained on train + val (``medlens tune --refit``)."""
+        return RunFolder(self.path / "refit")
+
+    @property
+    def is_tune(self) -> bool:
+        """Whether this is a tuning folder (its ``tune.json`` exists)."""
+        return self.tune_record.is_file()
 
     @property
     def tracking_db(self) -> Path:

@@ -63,9 +63,10 @@ class Tracker:
         uri: MLflow tracking URI, or ``none``.
         run_dir: the run folder (its name becomes the MLflow run name).
         params: the resolved config as a nested dict (logged flattened, once).
+        tags: extra tags of a new MLflow run (``mlflow.parentRunId``: nested under that run).
     """
 
-    def __init__(self, uri: str, run_dir: Path, params: dict):
+    def __init__(self, uri: str, run_dir: Path, params: dict, tags: dict | None = None):
         self.enabled = uri.lower() != "none"
         self.client = None
         self.run_id = None
@@ -91,7 +92,7 @@ class Tracker:
         # An ensemble member is named after its ensemble too: "breast/m0", not a bare "m0".
         ensemble = folder.ensemble
         name = f"{ensemble.path.name}/{folder.path.name}" if ensemble is not None else folder.path.name
-        run = self.client.create_run(experiment_id, run_name=name)
+        run = self.client.create_run(experiment_id, run_name=name, tags=tags)
         self.run_id = run.info.run_id
         from mlflow.entities import Param
 

@@ -83,7 +83,8 @@ def _global_rank() -> int:
     return int(os.environ.get("NODE_RANK", "0")) * 1000 + int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def train(config: RunConfig, out: str | os.PathLike, *, source=None) -> TrainResult:
+def train(config: RunConfig, out: str | os.PathLike, *, source=None, on_epoch=None,
+          tracking_tags: dict | None = None) -> TrainResult:
     """Train one new model into ``out`` (which must not hold a run yet).
 
     Args:
@@ -91,6 +92,12 @@ def train(config: RunConfig, out: str | os.PathLike, *, source=None) -> TrainRes
             :func:`medlens.workflows.train` takes both).
         out: the run folder to create.
         source: the already-resolved data of ``config.data`` (None: resolved here).
+        on_epoch: called in every process after each epoch's validation as
+            ``on_epoch(epoch, metrics) -> bool`` (``epoch`` 0-based, ``metrics`` the logged
+            values, ``val_auc`` ...); True stops training after this epoch, which still
+            finishes the run normally (a search's pruner stops poor trials so). None: no hook.
+        tracking_tags: extra MLflow tags of the new run (``mlflow.parentRunId`` nests it under
+            another run). None: none.
 
     Raises:
         FileExistsError: ``out`` already holds a run (continue it with :func:`resume`).
@@ -102,7 +109,7 @@ def train(config: RunConfig, out: str | os.PathLike, *, source=None) -> TrainRes
         raise ValueError(f"train.members {config.train.members} is an ensemble of several runs: train it with "
                          "medlens.workflows.train (or medlens train --members K)")
     check_new_run(run_dir)
-    return _run(config, run_dir, resume=False, source=source)
+    return _run(config, run_dir, resume=False, source=source, on_epoch=on_epoch, tracking_tags=tracking_tags)
 
 
 def check_new_run(run_dir: Path) -> None:
@@ -167,10 +174,12 @@ def run_log(run_dir: Path, rank: int = 0):
             handler.close()
 
 
-def _run(config: RunConfig, run_dir: Path, *, resume: bool, source=None) -> TrainResult:
+def _run(config: RunConfig, run_dir: Path, *, resume: bool, source=None, on_epoch=None,
+         tracking_tags: dict | None = None) -> TrainResult:
     rank = _global_rank()
     with run_log(run_dir, rank):
-        return _train_in(config, run_dir, resume=resume, rank=rank, source=source)
+        return _train_in(config, run_dir, resume=resume, rank=rank, source=source, on_epoch=on_epoch,
+                         tracking_tags=tracking_tags)
 
 
 @contextlib.contextmanager
@@ -194,7 +203,8 @@ def _quiet_lightning():
                 logger.setLevel(level)
 
 
-def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, source=None) -> TrainResult:
+def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, source=None, on_epoch=None,
+              tracking_tags: dict | None = None) -> TrainResult:
     """One run, step by step: data, model and loss, the run folder, the card, the Lightning fit, the scores."""
     import lightning.pytorch as pl
 
@@ -229,12 +239,12 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
                               spatial_dims=spatial_dims, num_classes=source.info.n_classes)
     datamodule = _DataModule(source, cfg, oversample=cfg.data.oversample, num_classes=source.info.n_classes)
     uri = cfg.train.tracking_uri or default_tracking_uri(run_dir)
-    tracker = Tracker(uri, run_dir, cfg.to_dict()) if rank == 0 else Tracker("none", run_dir, {})
+    tracker = Tracker(uri, run_dir, cfg.to_dict(), tags=tracking_tags) if rank == 0 else Tracker("none", run_dir, {})
     progress = EpochProgress() if cfg.train.progress and rank == 0 else None
     recorder = RunRecorder(run_dir, card, cfg.train.monitor, cfg.train.monitor_mode, tracker, logit_shift,
                            patience=cfg.train.early_stop, progress=progress,
                            say=lambda message: print(message, file=sys.stderr, flush=True))
-    trainer = _trainer(cfg, run_dir, recorder, progress)
+    trainer = _trainer(cfg, run_dir, recorder, progress, on_epoch=on_epoch)
     folder = RunFolder(run_dir)
     status = "FAILED"
     try:
@@ -325,8 +335,9 @@ def _prepare_model(model, cfg: RunConfig, source, normalisation, run_dir: Path, 
     return model
 
 
-def _trainer(cfg: RunConfig, run_dir: Path, recorder, progress=None):
-    """The Lightning trainer of the run: the recorder (which also stops early) and medlens's progress display.
+def _trainer(cfg: RunConfig, run_dir: Path, recorder, progress=None, *, on_epoch=None):
+    """The Lightning trainer of the run: the recorder (which also stops early), medlens's progress display
+    and the per-epoch hook.
 
     Lightning's progress bar is always off: :class:`~medlens.engine.callbacks.EpochProgress` is the
     one display (a bar per epoch on a terminal, a plain line per epoch elsewhere).
@@ -336,6 +347,10 @@ def _trainer(cfg: RunConfig, run_dir: Path, recorder, progress=None):
     from medlens.engine.checkpoint import safetensors_checkpoint_io
 
     callbacks = [recorder] + ([progress] if progress is not None else [])
+    if on_epoch is not None:
+        from medlens.engine.callbacks import EpochHook
+
+        callbacks.append(EpochHook(on_epoch))
     return pl.Trainer(
         accelerator="auto", devices=cfg.train.devices, strategy=cfg.train.strategy,
         num_nodes=cfg.train.num_nodes, precision=cfg.train.precision, max_epochs=cfg.train.epochs,

@@ -49,7 +49,9 @@ def build_report(run: str | Path, *, out: str | Path | None = None, gallery: int
     """
     run = Path(run)
     out = Path(out) if out is not None else RunFolder(run).report
-    if RunFolder(run).is_group:
+    if RunFolder(run).is_tune:
+        body, title = _tune_sections(run)
+    elif RunFolder(run).is_group:
         body, title = _group_sections(run)
     else:
         body, title = _run_sections(run, gallery=gallery, split=split, explain=explain, n_bootstrap=n_bootstrap,
@@ -132,6 +134,72 @@ def _group_sections(parent: Path) -> tuple[list[str], str]:
         "<section><h2>Config of the first run</h2><pre>" + _e(_yaml(first)) + "</pre></section>",
     ]
     return sections, f"medlens report: {parent.name} ({kind})"
+
+
+def _tune_sections(parent: Path) -> tuple[list[str], str]:
+    """A tune folder: what was searched, every trial, Optuna's figures, the best config, the refit."""
+    summary_file = RunFolder(parent).tune_summary
+    if not summary_file.is_file():
+        raise FileNotFoundError(f"{parent} holds no tune_summary.json yet: no trial has finished")
+    summary = json.loads(summary_file.read_text())
+    counts, best, monitor = summary["counts"], summary["best"], summary["monitor"]
+    names = list(summary["space"])
+    rows = [[str(r["number"]) + (" (best)" if best and r["number"] == best["number"] else ""), r["state"].lower(),
+             _fmt(r["value"], 4), _fmt(r["epochs_run"], 0), _fmt(r["duration_s"], 0),
+             *(_param(r["params"].get(n, "-")) for n in names)] for r in summary["trials"]]
+    table = _table(["trial", "state", monitor, "epochs", "seconds", *names], rows)
+    what = (f"{counts['complete']} complete, {counts['pruned']} pruned and {counts['fail']} failed trials on "
+            f"<b>{_e(summary['data'])}</b>; objective: the best validation <b>{_e(monitor)}</b> of each trial "
+            f"({_e(summary['direction'])}; the test split is not used to choose)")
+    sections = [
+        f"<header><h1>{_e(parent.name)}</h1><p>Hyperparameter search (Optuna): {what}. Generated {_now()}.</p>"
+        "</header>",
+        f"<section><h2>Trials</h2>{table}</section>",
+        _plots("Search", _tune_figures(summary)),
+        "<section><h2>Search space</h2><pre>" + _e(_yaml(summary["space"])) + "</pre></section>",
+    ]
+    if best is not None:
+        sections.append(f"<section><h2>Best trial: {best['number']} ({_e(monitor)} {_fmt(best['value'], 4)})</h2>"
+                        "<p>Train it again with <code>medlens train --config best.yaml --out RUN</code>.</p><pre>"
+                        + _e(_yaml(best["config"])) + "</pre></section>")
+    refit = summary.get("refit")
+    if refit:
+        test = refit["test"]
+        sections.append(f"<section><h2>Refit on train + val</h2><p>Trial {refit['trial']}'s config trained "
+                        f"{refit['epochs']} epochs on train + val, scored once on test: ACC {_fmt(test['acc'])}, "
+                        f"AUC {_fmt(test['auc'])} (n = {test['n']}).</p></section>")
+    return sections, f"medlens report: {parent.name} (tune)"
+
+
+def _param(value) -> str:
+    return _e(f"{value:.3g}" if isinstance(value, float) else str(value))
+
+
+def _tune_figures(summary: dict) -> list[dict]:
+    """Optuna's own figures of the search: optimisation history, intermediate values, parameter
+    importances and parallel coordinates (each left out when the trials cannot make it)."""
+    import warnings
+
+    import optuna.visualization as vis
+    from optuna.importance import FanovaImportanceEvaluator
+
+    from medlens.workflows.tune import study_from_summary
+
+    study = study_from_summary(summary)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    makers = [vis.plot_optimization_history, vis.plot_intermediate_values, vis.plot_parallel_coordinate]
+    if len(done) >= 2:  # importances need at least two finished trials; seeded, so the page is reproducible
+        makers.insert(1, lambda s: vis.plot_param_importances(s, evaluator=FanovaImportanceEvaluator(seed=0)))
+    figures = []
+    for make in makers:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                figure = make(study)
+        except (ValueError, RuntimeError):
+            continue
+        figures.append(json.loads(figure.to_json()))
+    return figures
 
 
 def _val_auc_curve(name: str, history_csv: Path) -> list[dict]:
