@@ -197,6 +197,7 @@ def resolve(
     skip_bad: bool = False,
     mmap_threshold: int | None = None,
     source_options: dict | None = None,
+    unsplit: bool = False,
 ) -> Source:
     """Resolve a dataset spec into a :class:`Source` with train/val/test splits.
 
@@ -214,6 +215,8 @@ def resolve(
         mmap_threshold: bytes above which MedMNIST arrays are memory-mapped (default 2 GiB).
         source_options: ``csv:`` columns and, for ``csv:`` and ``folder:``, ``group_regex``,
             ``task`` and ``class_order`` (:func:`~medlens.data.spec.check_source_options`).
+        unsplit: ``folder:`` and ``csv:`` only: every image in ``train``, val and test empty (for
+            evaluating every image of an external dataset).
 
     Raises:
         ValueError: unknown dataset or source prefix (valid ones listed), unavailable size, bad
@@ -230,7 +233,7 @@ def resolve(
         root=root, download_missing=download_missing, verify=verify, seed=seed, ratios=parse_ratios(ratios),
         channels=channels, skip_bad=skip_bad,
         mmap_threshold=DEFAULT_MMAP_THRESHOLD if mmap_threshold is None else mmap_threshold,
-        source_options=check_source_options(source_options),
+        source_options=check_source_options(source_options), unsplit=unsplit,
     )
     if options.source_options and parsed.source.prefix not in ("csv", "folder"):
         raise ValueError(f"options {', '.join(sorted(options.source_options))} apply to csv: and folder: data, "
@@ -380,7 +383,7 @@ def _resolve_folder(target: str, *, size: int, options: ResolveOptions) -> Sourc
                             group_name="group")
     groups = data.groups if metadata is None else merge_groups(data.groups, metadata.groups)
     rows, method = _split_rows(labels, data.split_of, class_names, ratios=ratios, seed=seed, groups=groups,
-                               grouped=metadata is not None)
+                               grouped=metadata is not None, unsplit=options.unsplit)
     images = data.images
     splits = {name: TensorSplit(images[rows[name]], labels[rows[name]], data.ids[rows[name]]) for name in SPLITS}
     n_channels, spatial_dims = images.shape[1], images.ndim - 2
@@ -458,7 +461,7 @@ def _resolve_csv(target: str, *, size: int, options: ResolveOptions) -> Source:
     grouped = metadata.groups is not None
     groups = merge_groups(data.duplicates, metadata.groups) if grouped else data.duplicates
     rows, method = _split_rows(data.labels, data.split_of, data.class_names, ratios=ratios, seed=seed, groups=groups,
-                               grouped=grouped, own_split_is_final=True)
+                               grouped=grouped, own_split_is_final=True, unsplit=options.unsplit)
     splits = {name: TensorSplit(data.images[rows[name]], data.labels[rows[name]], data.ids[rows[name]])
               for name in SPLITS}
     images = data.images
@@ -486,13 +489,16 @@ def _checked(source: Source) -> Source:
 
 
 def _split_rows(labels, split_of, class_names, *, ratios, seed, groups, grouped: bool,
-                own_split_is_final: bool = False) -> tuple[dict[str, np.ndarray], str]:
+                own_split_is_final: bool = False, unsplit: bool = False) -> tuple[dict[str, np.ndarray], str]:
     """Rows of each split: the data's own, with what is missing carved out of train.
 
     ``groups`` (identical images, and patients when ``grouped``) are kept in one split wherever
     medlens splits; with patients, scikit-learn's ``StratifiedGroupKFold`` cuts the split
     (:func:`~medlens.data.splits.grouped_partition`), else one image per group is stratified on.
     """
+    if unsplit:  # every image, in the order listed, as one split
+        empty = np.zeros(0, dtype=np.int64)
+        return {"train": np.arange(len(labels)), "val": empty, "test": empty}, "unsplit"
     present = dict(split_of)
     prefix = "grouped-" if grouped else ""
     if not present or set(present) == {"train"}:

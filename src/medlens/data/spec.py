@@ -58,6 +58,8 @@ class ResolveOptions:
         mmap_threshold: bytes above which arrays are memory-mapped.
         source_options: the table and task options of :func:`check_source_options` (CSV
             manifest columns, ``group_regex``, ``task``, ``class_order``), already checked.
+        unsplit: sources that split their data (``folder:``, ``csv:``): make no split, every image in
+            ``train`` (``evaluate --split all`` on an external dataset: nothing to carve).
     """
 
     root: str | os.PathLike | None
@@ -69,6 +71,7 @@ class ResolveOptions:
     skip_bad: bool
     mmap_threshold: int
     source_options: Mapping[str, object] = field(default_factory=dict)
+    unsplit: bool = False
 
 
 # The options a CSV manifest or a folder can be given (spec-independent, so they live in the
