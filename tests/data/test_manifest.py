@@ -7,6 +7,7 @@ Unit tests write tiny manifests and images into tmp_path; integration tests (mar
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -297,3 +298,33 @@ def test_covid19_reports_identical_and_near_identical_cross_split_copies(shared_
     near = source.leakage["near_identical"]
     assert near["max_bits"] == 2 and near["count"] >= 1
     assert any("near-identical" in warning for warning in source.warnings)
+
+
+def test_perceptual_hashes_are_cached_on_disk(tmp_path, monkeypatch):
+    from medlens.data import leakage
+
+    path = _patients(tmp_path, n_patients=12)
+    options = {"image_col": "file", "label_col": "dx"}
+    first = resolve(f"csv:{path}@16", ratios="0.5/0.25/0.25", source_options=options).leakage
+    import os
+
+    assert len(list((Path(os.environ["MEDLENS_CACHE"]) / "phash").glob("*.npz"))) == 1
+    leakage._HASHES.clear()
+    calls = []
+    monkeypatch.setattr("imagehash.phash", lambda image: calls.append(image))
+    again = resolve(f"csv:{path}@16", ratios="0.5/0.25/0.25", source_options=options).leakage
+    assert calls == [] and again == first
+
+
+def test_close_pairs_by_banding_equal_all_pairs_comparison():
+    from medlens.data.leakage import _close_pairs
+
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 2**63, 400, dtype=np.int64).astype(np.uint64)
+    hashes[10] = hashes[5] ^ np.uint64(3)  # 2 bits apart
+    hashes[20] = hashes[7] ^ np.uint64(1 << 40)  # 1 bit
+    hashes[30] = hashes[7] ^ np.uint64(0b10101 << 50)  # 3 bits
+    distance = np.bitwise_count(hashes[:, None] ^ hashes[None, :])
+    for bits in (0, 1, 2, 3, 4):
+        expected = {(int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(distance <= bits, k=1)), strict=True)}
+        assert {(a, b) for a, b, _ in _close_pairs(hashes, bits)} == expected
