@@ -804,7 +804,10 @@ def test_medical_mnist_no_id_or_pixels_in_two_splits(medical_mnist):
     g_sorted, t_sorted = groups[order], tags[order]
     same_group = g_sorted[1:] == g_sorted[:-1]
     assert not np.any(same_group & (t_sorted[1:] != t_sorted[:-1])), "identical images in two splits"
-    assert source.warnings == []
+    # No byte-identical copies across splits; near-identical ones are real here (MedNIST's CT classes
+    # are neighbouring slices of few scans) and reported as such.
+    assert source.leakage["identical"]["count"] == 0
+    assert all("near-identical" in warning for warning in source.warnings)
 
 
 @pytest.mark.integration
@@ -822,8 +825,7 @@ def test_covid19_folders_plus_val(covid19):
 
 @pytest.mark.integration
 def test_covid19_has_leakage_warning(covid19):
-    assert len(covid19.warnings) == 1
-    warning = covid19.warnings[0]
+    warning = next(w for w in covid19.warnings if "byte-identical" in w)
     assert "leakage" in warning and "(test)" in warning
 
 

@@ -98,13 +98,13 @@ def test_an_at_inside_an_existing_path_stays_in_the_path(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", ["csv:labels.csv", "Folder:images", "http://example.org/x.zip"])
+@pytest.mark.parametrize("spec", ["xls:labels.xls", "Folder:images", "http://example.org/x.zip"])
 def test_unknown_prefix_lists_the_valid_sources(spec):
     head = spec.split(":")[0]
     with pytest.raises(ValueError, match=rf"unknown dataset source '{head}:' in spec '{spec}'; valid: ") as error:
         parse_spec(spec)
     message = str(error.value)
-    assert "folder:PATH, npz:FILE.npz, or a MedMNIST name" in message
+    assert "folder:PATH, npz:FILE.npz, csv:FILE.csv, or a MedMNIST name" in message
     assert "\n" not in message
 
 
@@ -138,23 +138,24 @@ def test_duplicate_registration_raises(prefix, message):
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"prefix": "CSV", "usage": "CSV:PATH"}, "source prefix 'CSV' is not valid"),
+        ({"prefix": "XLS", "usage": "XLS:PATH"}, "source prefix 'XLS' is not valid"),
         ({"prefix": "my-source", "usage": "my-source:PATH"}, "source prefix 'my-source' is not valid"),
-        ({"prefix": "csv", "usage": "PATH.csv"}, "usage 'PATH.csv' of source 'csv' must start with 'csv:'"),
-        ({"prefix": "csv", "usage": "csv:PATH", "default_size": 0}, "default_size 0 of source 'csv' is not valid"),
-        ({"prefix": "csv", "usage": "csv:PATH", "resolver": "medlens.data.csv"},
-         "resolver 'medlens.data.csv' of source 'csv' is not valid; give a function or its dotted path"),
+        ({"prefix": "xls", "usage": "PATH.xls"}, "usage 'PATH.xls' of source 'xls' must start with 'xls:'"),
+        ({"prefix": "xls", "usage": "xls:PATH", "default_size": 0}, "default_size 0 of source 'xls' is not valid"),
+        ({"prefix": "xls", "usage": "xls:PATH", "resolver": "medlens.data.xls"},
+         "resolver 'medlens.data.xls' of source 'xls' is not valid; give a function or its dotted path"),
     ],
 )
 def test_malformed_registration_raises(fields, message):
     with pytest.raises(ValueError, match=message):
         register_source(DataSource(**{"resolver": _noop_resolver, "description": "bad", **fields}))
-    assert "csv" not in [source.prefix for source in list_sources()]
+    assert "xls" not in [source.prefix for source in list_sources()]
 
 
 def test_unregistering_an_unknown_prefix_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown dataset source 'csv:'; valid: folder:PATH, npz:FILE.npz"):
-        unregister_source("csv")
+    with pytest.raises(ValueError,
+                       match=r"unknown dataset source 'xls:'; valid: folder:PATH, npz:FILE.npz, csv:FILE.csv"):
+        unregister_source("xls")
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,9 +206,10 @@ def test_a_registered_source_gets_its_default_size_or_the_callers(toy_source):
 
 
 def test_a_registered_source_is_listed_wherever_the_sources_are(toy_source, capsys, tmp_path):
-    with pytest.raises(ValueError, match=r"valid: folder:PATH, npz:FILE.npz, toy:NAME, or a MedMNIST name"):
-        parse_spec("csv:x.csv")
-    with pytest.raises(ValueError, match=r"\(or a local source: folder:PATH, npz:FILE.npz, toy:NAME\)"):
+    with pytest.raises(ValueError,
+                       match=r"valid: folder:PATH, npz:FILE.npz, csv:FILE.csv, toy:NAME, or a MedMNIST name"):
+        parse_spec("xls:x.xls")
+    with pytest.raises(ValueError, match=r"\(or a local source: folder:PATH, npz:FILE.npz, csv:FILE.csv, toy:NAME\)"):
         get_dataset_info("nosuchmnist")
     assert main(["datasets", "--root", str(tmp_path)]) == 0
     assert "toy:NAME (random toy images)" in capsys.readouterr().out.splitlines()[-1]

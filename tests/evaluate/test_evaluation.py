@@ -36,7 +36,7 @@ def test_evaluate_writes_every_file_and_the_result_file_rescores(breast_run, med
     out = capsys.readouterr().out
     folder = breast_run / "eval" / "test"
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["schema_version"] == 1 and metrics["split"] == "test" and metrics["n"] == 156
+    assert metrics["schema_version"] == 2 and metrics["split"] == "test" and metrics["n"] == 156
     assert metrics["data"] == "breastmnist@28" and metrics["class_names"] == ["malignant", "normal, benign"]
     # Same test metrics as training's own end-of-run evaluation of the best checkpoint.
     trained = json.loads((breast_run / "metrics.json").read_text())["test"]

@@ -709,9 +709,17 @@ def test_evaluate_scores_holds_everything_json_ready(task):
     result = evaluate_scores(y_true, y_score, task=task, class_names=names, n_bootstrap=100, seed=3)
     _assert_json_ready(result)
     json.dumps(result)
+    ordinal = {"ordinal"} if task is Task.ORDINAL else set()
     assert set(result) == {"schema_version", "n", "task", "acc", "auc", "ci", "per_class", "confusion", "roc", "pr",
-                           "calibration"}
-    assert result["schema_version"] == METRICS_SCHEMA_VERSION == 1
+                           "calibration", *ordinal}
+    if ordinal:
+        from sklearn.metrics import cohen_kappa_score as sk_kappa
+
+        predicted = y_score.argmax(axis=1)
+        truth = np.asarray(y_true).reshape(-1)
+        assert result["ordinal"]["mean_absolute_grade_error"] == pytest.approx(np.abs(predicted - truth).mean())
+        assert result["ordinal"]["quadratic_kappa"] == pytest.approx(sk_kappa(truth, predicted, weights="quadratic"))
+    assert result["schema_version"] == METRICS_SCHEMA_VERSION == 2
     assert (result["n"], result["task"]) == (60, task.value)
     assert result["acc"] == accuracy_score(y_true, y_score, task=task)
     assert result["auc"] == roc_auc_score(y_true, y_score, task=task)

@@ -56,8 +56,33 @@ def resolve_data_args(args: argparse.Namespace):
     return resolve(
         args.data, root=args.root, size=args.size, download_missing=not args.no_download,
         verify=not args.no_verify, seed=args.seed, ratios=args.ratios, channels=args.channels,
-        skip_bad=args.skip_bad,
+        skip_bad=args.skip_bad, source_options=source_option_args(args),
     )
+
+
+def add_source_options(parser: argparse.ArgumentParser) -> None:
+    """The CSV-manifest and task options (``csv:`` and ``folder:`` data), recorded as ``data.source_options``."""
+    g = parser.add_argument_group("tables and tasks (csv: manifests; folder: takes --group-regex, --task, "
+                                  "--class-order)")
+    g.add_argument("--image-col", help="csv: column of image paths, relative to the CSV's folder")
+    g.add_argument("--image-pattern", help="csv: image path built from columns, e.g. 'images/{image_id}.jpg'")
+    g.add_argument("--label-col", help="csv: label column, or comma-separated 0/1 columns for multi-label")
+    g.add_argument("--label-sep", help="csv: separator of several labels in one cell (multi-label), e.g. '|'")
+    g.add_argument("--split-col", help="csv: column naming each row's split (train/val/test)")
+    g.add_argument("--group-col", help="csv: patient or lesion id; every group stays in one split and fold")
+    g.add_argument("--group-regex", help="folder: regex on file names whose first group is the patient id, "
+                                         "e.g. '^(P\\d+)_'")
+    g.add_argument("--task", choices=("binary", "multiclass", "ordinal", "multilabel"),
+                   help="the task (default: inferred; ordinal adds quadratic kappa and mean absolute grade error)")
+    g.add_argument("--class-order", help="class names in label order, comma-separated (grades that do not sort "
+                                         "by name)")
+
+
+def source_option_args(args: argparse.Namespace) -> dict:
+    """``{option: value}`` of the :func:`add_source_options` flags that were given."""
+    names = ("image_col", "image_pattern", "label_col", "label_sep", "split_col", "group_col", "group_regex",
+             "task", "class_order")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def key_values(pairs: list[str] | None, what: str) -> dict:
@@ -99,6 +124,9 @@ def train_overrides(args: argparse.Namespace) -> dict:
     }
     for section, values in flags.items():
         sections[section].update({k: v for k, v in values.items() if v is not None})
+    given = source_option_args(args)
+    if given:
+        sections["data"]["source_options"] = given
     if args.augment:
         from medlens.data.augment import AugmentConfig
 
@@ -189,3 +217,4 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true",
                    help="no progress display (a bar per epoch on a terminal, else a line per epoch)")
     g.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
+    add_source_options(p)

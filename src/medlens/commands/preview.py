@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def run(args: argparse.Namespace) -> int:
-    from medlens.data.preview import count_table, imbalance_warning, save_montage
+    from medlens.data.preview import count_table, imbalance_warning, metadata_summary, save_montage
 
     from medlens.commands._options import resolve_data_args
 
@@ -18,6 +18,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"{source.spec}: {info.task.value}, {info.n_classes} classes, {info.n_channels} channel(s), "
           f"{info.spatial_dims}D {'x'.join([str(source.size)] * info.spatial_dims)}, split: {source.split_method}")
     print(count_table(source))
+    for line in source.split_summary():
+        print(f"  {line}")
+    for line in metadata_summary(source):
+        print(line)
     warning = imbalance_warning(source, ratio=args.imbalance_ratio)
     for line in ([warning] if warning else []) + source.warnings:
         print(f"warning: {line}")
@@ -31,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(commands) -> None:
-    from medlens.commands._options import add_data_options, positive_int
+    from medlens.commands._options import add_data_options, add_source_options, positive_int
 
     p = commands.add_parser("preview", help="write a PNG montage per class and print counts per split")
     p.add_argument("data", metavar="DATA", help="dataset spec")
@@ -42,4 +46,5 @@ def add_parser(commands) -> None:
     p.add_argument("--imbalance-ratio", type=float, default=2.0,
                    help="warn when largest/smallest training class count exceeds this ratio (default 2)")
     add_data_options(p)
+    add_source_options(p)
     p.set_defaults(func=run)

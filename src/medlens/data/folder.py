@@ -250,6 +250,27 @@ def _decode_all(tree: _Tree, names: list[str], size: int | None, workers: int):
     return [item for chunk in results for item in chunk]
 
 
+def decode_files(base: str | os.PathLike, names: list[str], *, size: int | None,
+                 workers: int | None = None) -> list[tuple[object, str | None, int]]:
+    """Decode files named relative to the directory ``base``, as folders are (in parallel when many).
+
+    Used by the CSV manifest source, whose images are files beside the table rather than class folders.
+
+    Args:
+        base: directory the names are relative to.
+        names: relative paths (posix).
+        size: edge to resize to; None keeps native sizes.
+        workers: decoding processes (default: all cores).
+
+    Returns:
+        ``(pixels or None, error or None, spatial dims)`` per name, in order; a file that cannot be
+        read or decoded is an error entry, never an exception.
+    """
+    tree = _Tree.__new__(_Tree)  # a directory tree without walking it: the names are given
+    tree.path, tree.is_zip, tree.members = Path(base), False, {}
+    return _decode_all(tree, names, size, workers or os.cpu_count() or 1)
+
+
 def stack_channels(pixels: list[np.ndarray], channels: int, spatial_dims: int) -> np.ndarray:
     """Stack decoded images into ``(N, C, ...)`` with the dataset's channel count."""
     first = pixels[0]

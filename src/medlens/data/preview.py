@@ -136,3 +136,37 @@ def count_table(source: Source) -> str:
     rows.append([f"total {label}"] + [f"{v:,}" for v in sizes] + [f"{sum(sizes):,}"])
     return format_table(header, rows[:-1], footer=rows[-1])
 
+
+
+def metadata_summary(source: Source, *, top: int = 5) -> list[str]:
+    """Lines on the patients (groups) and the metadata columns of a source that has them.
+
+    Groups: how many, images per group (min, median, max, and how many have more than one).
+    Each column: numeric ones their range, median and missing count; others their most common
+    values. Nothing for sources without metadata.
+    """
+    from medlens.data.manifest import is_numeric
+
+    meta = source.metadata
+    if meta is None:
+        return []
+    lines = []
+    if meta.groups is not None:
+        _, per_group = np.unique(meta.groups, return_counts=True)
+        lines.append(f"groups ({meta.group_name}): {len(per_group):,} for {len(meta.groups):,} images; images per "
+                     f"group min {per_group.min()}, median {np.median(per_group):g}, max {per_group.max()}; "
+                     f"{int((per_group > 1).sum()):,} groups have more than one image")
+    for name, values in meta.columns.items():
+        missing = int((values == "").sum())
+        gap = f", {missing:,} missing" if missing else ""
+        if is_numeric(values):
+            numbers = np.asarray([float(v) for v in values.tolist() if v != ""])
+            lines.append(f"metadata {name}: numeric, {numbers.min():g} to {numbers.max():g}, median "
+                         f"{np.median(numbers):g}{gap}")
+        else:
+            kinds, counts = np.unique(values[values != ""], return_counts=True)
+            order = np.argsort(-counts, kind="stable")[:top]
+            common = ", ".join(f"{kinds[i]} {counts[i]:,}" for i in order)
+            more = f", ... ({len(kinds)} values)" if len(kinds) > top else ""
+            lines.append(f"metadata {name}: {common}{more}{gap}")
+    return lines

@@ -7,9 +7,11 @@ Specs (source prefix as in timm's ``create_dataset``):
     folder:PATH          a directory or .zip of class folders, optionally under train/val/test
     folder:PATH@128      ... resized to 128 px (default 64)
     npz:FILE.npz         a local file in the MedMNIST layout
+    csv:FILE.csv         a CSV/TSV manifest: image paths (or ids), labels, optional split, patient and
+                         metadata columns (see :mod:`medlens.data.manifest`); default 64 px
 
 Each prefix is a :class:`~medlens.data.spec.DataSource` in the source registry
-(:mod:`medlens.data.spec`, where the three above are registered); their resolvers are the
+(:mod:`medlens.data.spec`, where the four above are registered); their resolvers are the
 ``_resolve_*`` functions here, and a new source is one more ``register_source``.
 
 Example:
@@ -26,6 +28,7 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,15 +36,22 @@ from medlens._io import atomic_path
 from medlens.data.download import cached_md5, data_root, download, verify_md5
 from medlens.data.npz import DEFAULT_MMAP_THRESHOLD, load_npz_arrays
 from medlens.data.registry import SPLITS, DatasetInfo, Task, get_dataset_info, list_datasets
-from medlens.data.spec import ResolveOptions, parse_spec
+from medlens.data.spec import ResolveOptions, check_source_options, parse_spec
 from medlens.data.splits import (
     DEFAULT_RATIOS,
     carve_validation,
     duplicate_groups,
+    grouped_kfold,
+    grouped_partition,
+    grouped_split,
     kfold_indices,
+    merge_groups,
     parse_ratios,
     stratified_split,
 )
+
+if TYPE_CHECKING:
+    from medlens.data.manifest import Metadata
 
 
 @dataclass
@@ -102,6 +112,10 @@ class Source:
         fingerprint: hex digest identifying the data and the split.
         bad_files: ``[(file, reason)]`` skipped with ``skip_bad``.
         warnings: things a user should know (identical images in two splits).
+        metadata: per-image groups (patients) and table columns (sex, age, site) by image id, for
+            sources that have them (``csv:``, ``folder:`` with ``group_regex``); else None.
+        leakage: the :func:`~medlens.data.leakage.find_leakage` report of the splits (sources
+            that decode images); empty when not checked.
     """
 
     spec: str
@@ -114,6 +128,27 @@ class Source:
     fingerprint: str = ""
     bad_files: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    metadata: Metadata | None = None
+    leakage: dict = field(default_factory=dict)
+
+    def groups_of(self, split: str) -> np.ndarray | None:
+        """``(N,)`` group (patient) ids of a split's rows, or None without groups."""
+        if self.metadata is None or self.metadata.groups is None:
+            return None
+        return self.metadata.groups[self.metadata.rows_of(self.splits[split].ids)]
+
+    def split_summary(self) -> list[str]:
+        """Lines that say how the split came out: images (and groups) per split, share, class ratios."""
+        total = sum(len(split) for split in self.splits.values()) or 1
+        lines = []
+        for name, split in self.splits.items():
+            counts = split.class_counts(self.info.n_classes)
+            ratios = ", ".join(f"{c} {n / max(1, len(split)):.1%}" for c, n in
+                               zip(self.info.class_names, counts.tolist(), strict=True))
+            groups = self.groups_of(name)
+            grouped = "" if groups is None else f", {len(np.unique(groups))} {self.metadata.group_name or 'group'}s"
+            lines.append(f"{name}: {len(split)} images ({len(split) / total:.1%}){grouped}; classes {ratios}")
+        return lines
 
     def class_counts(self) -> dict[str, np.ndarray]:
         """``{split: counts per class}`` (positives per label for multi-label)."""
@@ -132,6 +167,13 @@ class Source:
             "fingerprint": self.fingerprint,
             "splits": {name: split.ids.tolist() for name, split in self.splits.items()},
         }
+        if self.metadata is not None:
+            if self.metadata.groups is not None:
+                record["group_column"] = self.metadata.group_name
+                record["groups"] = {name: self.groups_of(name).tolist() for name in self.splits}
+            record["metadata_columns"] = sorted(self.metadata.columns)
+        if self.leakage:
+            record["leakage"] = self.leakage
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(record, indent=1))
         return Path(path)
@@ -154,6 +196,8 @@ def resolve(
     channels: int | None = None,
     skip_bad: bool = False,
     mmap_threshold: int | None = None,
+    source_options: dict | None = None,
+    unsplit: bool = False,
 ) -> Source:
     """Resolve a dataset spec into a :class:`Source` with train/val/test splits.
 
@@ -169,6 +213,10 @@ def resolve(
         channels: sources that decode images (``folder:``) only: force 1 or 3 channels.
         skip_bad: sources that decode images only: skip unreadable files and list them in ``bad_files``.
         mmap_threshold: bytes above which MedMNIST arrays are memory-mapped (default 2 GiB).
+        source_options: ``csv:`` columns and, for ``csv:`` and ``folder:``, ``group_regex``,
+            ``task`` and ``class_order`` (:func:`~medlens.data.spec.check_source_options`).
+        unsplit: ``folder:`` and ``csv:`` only: every image in ``train``, val and test empty (for
+            evaluating every image of an external dataset).
 
     Raises:
         ValueError: unknown dataset or source prefix (valid ones listed), unavailable size, bad
@@ -185,7 +233,11 @@ def resolve(
         root=root, download_missing=download_missing, verify=verify, seed=seed, ratios=parse_ratios(ratios),
         channels=channels, skip_bad=skip_bad,
         mmap_threshold=DEFAULT_MMAP_THRESHOLD if mmap_threshold is None else mmap_threshold,
+        source_options=check_source_options(source_options), unsplit=unsplit,
     )
+    if options.source_options and parsed.source.prefix not in ("csv", "folder"):
+        raise ValueError(f"options {', '.join(sorted(options.source_options))} apply to csv: and folder: data, "
+                         f"not to {spec!r}")
     return parsed.source.resolve(parsed.target, size=size, options=options)
 
 
@@ -310,71 +362,171 @@ def _labels_for_task(labels: np.ndarray, info: DatasetInfo, where: str) -> np.nd
 
 
 def _resolve_folder(target: str, *, size: int, options: ResolveOptions) -> Source:
-    """A directory or ``.zip`` of class folders, decoded at ``size`` px and split (see :func:`_folder_rows`)."""
+    """A directory or ``.zip`` of class folders, decoded at ``size`` px and split (see :func:`_split_rows`)."""
     from medlens.data.folder import default_folder_size, load_folder
     from medlens.data.spec import DEFAULT_FOLDER_SIZE
 
     if size is None:  # neither the spec nor the caller chose: 64 for images, volumes their own (<= 64)
         size = default_folder_size(target, DEFAULT_FOLDER_SIZE)
-    seed, ratios = options.seed, options.ratios
+    seed, ratios, extra = options.seed, options.ratios, options.source_options
+    unknown = sorted(set(extra) - {"group_regex", "task", "class_order"})
+    if unknown:
+        raise ValueError(f"options {', '.join(unknown)} are for csv: manifests; folder: takes group_regex, task "
+                         "and class_order")
     data = load_folder(target, size=size, channels=options.channels, skip_bad=options.skip_bad)
-    groups = data.groups
-    rows, method = _folder_rows(data, ratios=ratios, seed=seed, groups=groups)
+    class_names, labels = data.class_names, data.labels
+    if extra.get("class_order"):
+        class_names, labels = _reordered(class_names, labels, extra["class_order"], f"folder:{target}")
+    task = _task_of(extra.get("task"), class_names, f"folder:{target}")
+    metadata = None
+    if extra.get("group_regex"):
+        from medlens.data.manifest import Metadata
+
+        metadata = Metadata(ids=data.ids, groups=_regex_groups(data.ids, extra["group_regex"], f"folder:{target}"),
+                            group_name="group")
+    groups = data.groups if metadata is None else merge_groups(data.groups, metadata.groups)
+    rows, method = _split_rows(labels, data.split_of, class_names, ratios=ratios, seed=seed, groups=groups,
+                               grouped=metadata is not None, unsplit=options.unsplit)
     images = data.images
-    splits = {name: TensorSplit(images[rows[name]], data.labels[rows[name]], data.ids[rows[name]]) for name in SPLITS}
+    splits = {name: TensorSplit(images[rows[name]], labels[rows[name]], data.ids[rows[name]]) for name in SPLITS}
     n_channels, spatial_dims = images.shape[1], images.ndim - 2
     info = DatasetInfo(
-        name=Path(target).name, task=Task.BINARY if len(data.class_names) == 2 else Task.MULTICLASS,
-        class_names=data.class_names, n_channels=n_channels, spatial_dims=spatial_dims, sizes=(size,),
-        split_sizes={name: len(s) for name, s in splits.items()}, source="folder",
+        name=Path(target).name, task=task, class_names=class_names, n_channels=n_channels,
+        spatial_dims=spatial_dims, sizes=(size,), split_sizes={name: len(s) for name, s in splits.items()},
+        source="folder",
+    )
+    fingerprint = hashlib.sha256(f"{data.fingerprint}|{method}|{seed}|{ratios}|{sorted(extra.items())}".encode()
+                                 ).hexdigest()[:24]
+    source = Source(spec=f"folder:{target}@{size}", info=info, size=size, splits=splits, split_method=method,
+                    seed=seed, ratios=ratios, fingerprint=fingerprint, bad_files=data.bad_files, metadata=metadata)
+    return _checked(source)
+
+
+def _reordered(class_names, labels, order, where: str):
+    """Class ids renumbered to ``order`` (a permutation of ``class_names``)."""
+    if sorted(order) != sorted(class_names):
+        raise ValueError(f"{where}: class_order {list(order)} must list each class once; the classes are "
+                         f"{list(class_names)}")
+    remap = np.asarray([list(order).index(name) for name in class_names], dtype=np.int64)
+    return tuple(order), remap[labels]
+
+
+def _task_of(task: str | None, class_names, where: str) -> Task:
+    """The task asked for (``binary``, ``multiclass``, ``ordinal``), else inferred from the class count."""
+    if task is None:
+        return Task.BINARY if len(class_names) == 2 else Task.MULTICLASS
+    if task == "multilabel":
+        raise ValueError(f"{where}: class folders hold one label per image; task multilabel needs a csv: manifest")
+    if task == "binary" and len(class_names) != 2:
+        raise ValueError(f"{where}: task binary needs two classes; found {len(class_names)}: {list(class_names)}")
+    return Task(task)
+
+
+def _regex_groups(ids: np.ndarray, pattern: str, where: str) -> np.ndarray:
+    """Group ids from file names: the regex's first group (or whole match) searched in each name.
+
+    Files it does not match are their own group (and listed in a warning); none matching is an error.
+    """
+    import re
+    import warnings
+
+    compiled = re.compile(pattern)
+    out, unmatched = [], []
+    for path in ids.tolist():
+        name = path.rsplit("/", 1)[-1]
+        match = compiled.search(name)
+        if match is None:
+            unmatched.append(path)
+            out.append(f"\0{path}")  # a name of its own, unlike any matched id
+        else:
+            out.append(match.group(1) if compiled.groups else match.group(0))
+    if len(unmatched) == len(ids):
+        raise ValueError(f"{where}: group_regex {pattern!r} matches none of the file names (such as "
+                         f"{ids[0].rsplit('/', 1)[-1]!r}); it is searched in each file name, and its first group "
+                         "(or the whole match) is the patient id")
+    if unmatched:
+        warnings.warn(f"{where}: group_regex {pattern!r} does not match {len(unmatched)} file name(s) "
+                      f"({', '.join(unmatched[:3])}{', ...' if len(unmatched) > 3 else ''}); each is its own group",
+                      stacklevel=3)
+    return np.asarray(out)
+
+
+def _resolve_csv(target: str, *, size: int, options: ResolveOptions) -> Source:
+    """A CSV/TSV manifest (:mod:`medlens.data.manifest`), decoded at ``size`` px and split, patients kept together."""
+    from medlens.data.manifest import load_manifest
+
+    seed, ratios = options.seed, options.ratios
+    extra = {k: v for k, v in options.source_options.items() if k != "group_regex"}
+    if "group_regex" in options.source_options:
+        raise ValueError("group_regex is for folder: data; a csv: manifest names its patient column with group_col")
+    data = load_manifest(target, size=size, channels=options.channels, skip_bad=options.skip_bad, options=extra)
+    metadata = data.metadata
+    grouped = metadata.groups is not None
+    groups = merge_groups(data.duplicates, metadata.groups) if grouped else data.duplicates
+    rows, method = _split_rows(data.labels, data.split_of, data.class_names, ratios=ratios, seed=seed, groups=groups,
+                               grouped=grouped, own_split_is_final=True, unsplit=options.unsplit)
+    splits = {name: TensorSplit(data.images[rows[name]], data.labels[rows[name]], data.ids[rows[name]])
+              for name in SPLITS}
+    images = data.images
+    info = DatasetInfo(
+        name=Path(target).stem, task=Task(data.task), class_names=data.class_names, n_channels=images.shape[1],
+        spatial_dims=images.ndim - 2, sizes=(size,), split_sizes={name: len(s) for name, s in splits.items()},
+        source="csv",
     )
     fingerprint = hashlib.sha256(f"{data.fingerprint}|{method}|{seed}|{ratios}".encode()).hexdigest()[:24]
-    return Source(spec=f"folder:{target}@{size}", info=info, size=size, splits=splits, split_method=method,
-                  seed=seed, ratios=ratios, fingerprint=fingerprint, bad_files=data.bad_files,
-                  warnings=_leak_warnings(rows, groups, data.ids))
+    source = Source(spec=f"csv:{target}@{size}", info=info, size=size, splits=splits, split_method=method, seed=seed,
+                    ratios=ratios, fingerprint=fingerprint, bad_files=data.bad_rows, metadata=metadata)
+    return _checked(source)
 
 
-def _folder_rows(data, *, ratios, seed, groups) -> tuple[dict[str, np.ndarray], str]:
-    """Rows of each split: the folders' own, with what is missing carved out of train.
+def _checked(source: Source) -> Source:
+    """``source`` with its leakage report and its warnings (patients, identical and near-identical images)."""
+    from medlens.data.leakage import find_leakage, leakage_lines
 
-    Identical images (same ``groups`` id) are kept in one split wherever medlens splits.
+    groups = None
+    if source.metadata is not None and source.metadata.groups is not None:
+        groups = {name: source.groups_of(name) for name in source.splits}
+    report = find_leakage(source.splits, groups=groups, group_name=source.metadata.group_name if groups else "")
+    kept = [w for w in source.warnings if w not in leakage_lines(source.leakage)] if source.leakage else source.warnings
+    return replace(source, leakage=report, warnings=kept + leakage_lines(report))
+
+
+def _split_rows(labels, split_of, class_names, *, ratios, seed, groups, grouped: bool,
+                own_split_is_final: bool = False, unsplit: bool = False) -> tuple[dict[str, np.ndarray], str]:
+    """Rows of each split: the data's own, with what is missing carved out of train.
+
+    ``groups`` (identical images, and patients when ``grouped``) are kept in one split wherever
+    medlens splits; with patients, scikit-learn's ``StratifiedGroupKFold`` cuts the split
+    (:func:`~medlens.data.splits.grouped_partition`), else one image per group is stratified on.
     """
-    present = dict(data.split_of)
-    if not present:  # class folders at the top: medlens makes the whole split
-        return stratified_split(data.labels, ratios=ratios, seed=seed, groups=groups,
-                                class_names=data.class_names), "stratified"
-    if set(present) == {"train"}:
-        train = present["train"]
-        parts = stratified_split(data.labels[train], ratios=ratios, seed=seed, groups=groups[train],
-                                 class_names=data.class_names)
-        return {name: train[idx] for name, idx in parts.items()}, "stratified"
-    method = "folders"
+    if unsplit:  # every image, in the order listed, as one split
+        empty = np.zeros(0, dtype=np.int64)
+        return {"train": np.arange(len(labels)), "val": empty, "test": empty}, "unsplit"
+    present = dict(split_of)
+    prefix = "grouped-" if grouped else ""
+    if not present or set(present) == {"train"}:
+        pool = present.get("train", np.arange(len(labels)))
+        if grouped:
+            parts = grouped_split(labels[pool], groups[pool], ratios=ratios, seed=seed, class_names=class_names)
+        else:
+            parts = stratified_split(labels[pool], ratios=ratios, seed=seed, groups=groups[pool],
+                                     class_names=class_names)
+        return {name: pool[idx] for name, idx in parts.items()}, f"{prefix}stratified"
+    method = "column" if own_split_is_final else "folders"
     for missing, share in (("test", ratios[2]), ("val", ratios[1])):
         if missing not in present:
-            present["train"], present[missing] = carve_validation(
-                data.labels, present["train"], fraction=share / (ratios[0] + share), seed=seed, groups=groups,
-                class_names=data.class_names)
-            method += f"+{missing}"
+            train = present["train"]
+            if grouped:
+                fraction = share / (ratios[0] + share)
+                parts = grouped_partition(labels[train], groups[train], {"train": 1 - fraction, missing: fraction},
+                                          seed=seed, class_names=class_names)
+                present["train"], present[missing] = train[parts["train"]], train[parts[missing]]
+            else:
+                present["train"], present[missing] = carve_validation(
+                    labels, train, fraction=share / (ratios[0] + share), seed=seed, groups=groups,
+                    class_names=class_names)
+            method += f"+{prefix}{missing}"
     return present, method
-
-
-def _leak_warnings(rows: dict[str, np.ndarray], groups: np.ndarray, ids: np.ndarray) -> list[str]:
-    """Warn about identical images that the source's own folders put in two splits."""
-    owner: dict[int, str] = {}
-    first_id: dict[int, str] = {}
-    clashes = []
-    for name, idx in rows.items():
-        for row in idx:
-            group = int(groups[row])
-            split = owner.setdefault(group, name)
-            first_id.setdefault(group, str(ids[row]))
-            if split != name:
-                clashes.append(f"{first_id[group]} ({split}) = {ids[row]} ({name})")
-    if not clashes:
-        return []
-    shown = "; ".join(clashes[:5]) + (f"; and {len(clashes) - 5} more" if len(clashes) > 5 else "")
-    return [f"{len(clashes)} image(s) in the dataset's own split folders have an identical copy in "
-            f"another split (test-set leakage): {shown}"]
 
 
 def with_fold(source: Source, *, folds: int, fold: int, seed: int = 0) -> Source:
@@ -403,10 +555,16 @@ def with_fold(source: Source, *, folds: int, fold: int, seed: int = 0) -> Source
     images = np.concatenate([np.asarray(train.images), np.asarray(val.images)])
     pool = TensorSplit(images, np.concatenate([train.labels, val.labels]), np.concatenate([train.ids, val.ids]))
     groups = duplicate_groups(images)
-    parts = kfold_indices(pool.labels, n_splits=folds, seed=seed, groups=groups,
-                          class_names=source.info.class_names)
+    patients = None if source.metadata is None else source.metadata.groups
+    if patients is not None:  # patients (lesions) stay in one fold: stratified group k-fold
+        patients = np.concatenate([source.groups_of("train"), source.groups_of("val")])
+        parts = grouped_kfold(pool.labels, merge_groups(groups, patients), n_splits=folds, seed=seed)
+    else:
+        parts = kfold_indices(pool.labels, n_splits=folds, seed=seed, groups=groups,
+                              class_names=source.info.class_names)
     train_rows, val_rows = parts[fold]
-    method = f"{source.split_method}+fold{fold}/{folds}"
+    method = f"{source.split_method}+{'grouped-' if patients is not None else ''}fold{fold}/{folds}"
     fingerprint = hashlib.sha256(f"{source.fingerprint}|{method}|{seed}".encode()).hexdigest()[:24]
     splits = {"train": pool.subset(train_rows), "val": pool.subset(val_rows), "test": source.splits["test"]}
-    return replace(source, splits=splits, split_method=method, seed=seed, fingerprint=fingerprint)
+    folded = replace(source, splits=splits, split_method=method, seed=seed, fingerprint=fingerprint)
+    return _checked(folded) if source.leakage else folded

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,6 +56,10 @@ class ResolveOptions:
         channels: sources that decode images: force 1 or 3 channels (None: from the images).
         skip_bad: sources that decode images: skip unreadable files and list them.
         mmap_threshold: bytes above which arrays are memory-mapped.
+        source_options: the table and task options of :func:`check_source_options` (CSV
+            manifest columns, ``group_regex``, ``task``, ``class_order``), already checked.
+        unsplit: sources that split their data (``folder:``, ``csv:``): make no split, every image in
+            ``train`` (``evaluate --split all`` on an external dataset: nothing to carve).
     """
 
     root: str | os.PathLike | None
@@ -66,6 +70,68 @@ class ResolveOptions:
     channels: int | None
     skip_bad: bool
     mmap_threshold: int
+    source_options: Mapping[str, object] = field(default_factory=dict)
+    unsplit: bool = False
+
+
+# The options a CSV manifest or a folder can be given (spec-independent, so they live in the
+# run's config.yaml as data.source_options and `evaluate RUN` reloads the same data):
+#   image_col      column holding each image's path, relative to the CSV's folder
+#   image_pattern  path built from columns, e.g. images/{image_id}.jpg (instead of image_col)
+#   label_col      label column, or a list of 0/1 columns (multi-label)
+#   label_sep      separator of several labels in one cell (multi-label), e.g. "|"
+#   split_col      column of train/val/test names (the dataset's own split)
+#   group_col      patient (or lesion) id: every group stays in one split and fold
+#   group_regex    folders: a regex on the file name whose first group (or match) is the group id
+#   task           binary, multiclass, ordinal or multilabel (default: inferred from the labels)
+#   class_order    class names in label-id order (ordinal grades that do not sort by name)
+SOURCE_OPTION_KEYS = ("image_col", "image_pattern", "label_col", "label_sep", "split_col", "group_col",
+                      "group_regex", "task", "class_order")
+TASK_NAMES = ("binary", "multiclass", "ordinal", "multilabel")
+
+
+def check_source_options(options: Mapping[str, object] | None) -> dict[str, object]:
+    """The table and task options, checked and normalised (lists for ``label_col`` and ``class_order``).
+
+    Args:
+        options: ``{key: value}`` with keys from :data:`SOURCE_OPTION_KEYS`; None or empty values
+            are dropped.
+
+    Returns:
+        A new dict holding only the given options; ``label_col`` and ``class_order`` as lists
+        of strings (a comma-separated string is split).
+
+    Raises:
+        ValueError: an unknown key (the valid ones listed), a value that is not text, an
+            unknown task, or a ``group_regex`` that does not compile.
+
+    Example:
+        >>> check_source_options({"label_col": "a,b", "task": "multilabel", "split_col": None})
+        {'label_col': ['a', 'b'], 'task': 'multilabel'}
+    """
+    out: dict[str, object] = {}
+    for key, value in (options or {}).items():
+        if key not in SOURCE_OPTION_KEYS:
+            raise ValueError(f"unknown data source option {key!r}; valid: {', '.join(SOURCE_OPTION_KEYS)}")
+        if value is None or value == "" or value == []:
+            continue
+        if key in ("label_col", "class_order"):
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)) or not all(isinstance(v, (str, int)) for v in items):
+                raise ValueError(f"data source option {key} must be a name or a list of names; got {value!r}")
+            out[key] = [str(v).strip() for v in items if str(v).strip()]
+            continue
+        if not isinstance(value, str):
+            raise ValueError(f"data source option {key} must be text; got {value!r}")
+        if key == "task" and value not in TASK_NAMES:
+            raise ValueError(f"task must be one of {', '.join(TASK_NAMES)}; got {value!r}")
+        if key == "group_regex":
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"group_regex {value!r} is not a valid regular expression ({exc})") from None
+        out[key] = value
+    return out
 
 
 @dataclass(frozen=True)
@@ -224,7 +290,7 @@ def list_sources() -> list[DataSource]:
 
     Example:
         >>> [source.usage for source in list_sources()][1:]
-        ['folder:PATH', 'npz:FILE.npz']
+        ['folder:PATH', 'npz:FILE.npz', 'csv:FILE.csv']
     """
     return list(_SOURCES.values())
 
@@ -296,3 +362,8 @@ register_source(DataSource(
 ))
 register_source(DataSource("npz", "medlens.data.source:_resolve_npz", usage="npz:FILE.npz",
                            description="a local file in the MedMNIST layout"))
+register_source(DataSource(
+    "csv", "medlens.data.source:_resolve_csv", usage="csv:FILE.csv",
+    description="a CSV/TSV manifest: one row per image (path or id), label(s), optional split, patient, metadata",
+    default_size=DEFAULT_FOLDER_SIZE, decodes_images=True,
+))

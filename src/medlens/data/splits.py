@@ -220,3 +220,155 @@ def duplicate_groups(images: np.ndarray) -> np.ndarray:
     for i, row in enumerate(images):
         out[i] = index.setdefault(hashlib.blake2b(row.tobytes(), digest_size=16).digest(), i)
     return out
+
+
+def merge_groups(*groupings: np.ndarray | None) -> np.ndarray:
+    """``(N,)`` int ids of rows that must stay together under every grouping at once.
+
+    Two rows share an id when some grouping puts them together, directly or through other rows
+    (a patient's images, plus a byte-identical copy filed under another patient): the connected
+    components of the graph whose edges join rows with equal ids (scipy's ``connected_components``).
+
+    Args:
+        groupings: ``(N,)`` arrays of ids (any dtype); None entries are ignored.
+
+    Example:
+        >>> merge_groups(np.array(["a", "a", "b", "c"]), np.array([0, 1, 1, 3])).tolist()
+        [0, 0, 0, 1]
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    given = [np.asarray(g) for g in groupings if g is not None]
+    if not given:
+        raise ValueError("merge_groups needs at least one grouping")
+    n = len(given[0])
+    sources, targets = [np.arange(n)], [np.arange(n)]
+    for grouping in given:
+        _, first, inverse = np.unique(grouping, return_index=True, return_inverse=True)
+        sources.append(np.arange(n))
+        targets.append(first[inverse.reshape(-1)])  # each row joined to its group's first row
+    rows, cols = np.concatenate(sources), np.concatenate(targets)
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    # Renumber by first appearance, so the ids do not depend on scipy's traversal order.
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))
+    return order[inverse.reshape(-1)].astype(np.int64)
+
+
+def _fold_count(shares: Sequence[float], n_groups: int) -> int:
+    """Folds to cut so each share is a whole number of them (a 0.8/0.1/0.1 split: 10 folds).
+
+    The smallest of 10, 20, 40, 100 where every share is whole (and at least one fold); else 20.
+    Never more folds than groups.
+    """
+    for folds in (10, 20, 40, 100):
+        counts = [share * folds for share in shares]
+        if all(abs(c - round(c)) < 1e-6 and round(c) >= 1 for c in counts):
+            return min(folds, n_groups)
+    return min(20, n_groups)
+
+
+def grouped_partition(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    shares: dict[str, float],
+    *,
+    seed: int = 0,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Rows cut into named parts of about ``shares``, every group in one part, stratified by label.
+
+    scikit-learn's ``StratifiedGroupKFold`` cuts the rows into equal folds that keep groups whole
+    and class ratios as even as the groups allow; each part then takes a whole number of folds
+    (the last part named first: ``test``, then ``val``, the rest to the first part). A group's
+    images are never split, so the achieved shares are met to within a group's size.
+
+    Args:
+        labels: ``(N,)`` class ids or ``(N, K)`` multi-label rows.
+        groups: ``(N,)`` group ids (patients).
+        shares: ``{part: fraction}`` in order, summing to 1, e.g. ``{"train": .8, "val": .1, "test": .1}``.
+        seed: shuffles the order in which equal-sized groups are placed.
+        class_names: names by class id for messages.
+
+    Returns:
+        ``{part: sorted row indices}``, disjoint, covering every row.
+
+    Raises:
+        ValueError: fewer groups than parts, or shares that do not sum to 1.
+
+    Example:
+        >>> labels = np.array([0, 1] * 50); groups = np.repeat(np.arange(50), 2)
+        >>> parts = grouped_partition(labels, groups, {"train": .8, "val": .1, "test": .1})
+        >>> [len(parts[s]) for s in ("train", "val", "test")]
+        [80, 10, 10]
+    """
+    import warnings
+
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    names, values = list(shares), list(shares.values())
+    if abs(sum(values) - 1) > 1e-6 or any(v <= 0 for v in values):
+        raise ValueError(f"shares must be positive and sum to 1; got {shares}")
+    n_groups = len(np.unique(groups))
+    if n_groups < len(names):
+        raise ValueError(f"a grouped {'/'.join(names)} split needs at least {len(names)} groups; "
+                         f"the data has {n_groups}")
+    folds = _fold_count(values, n_groups)
+    key = stratify_key(labels, min_count=1)
+    with warnings.catch_warnings():  # "least populated class has fewer members than folds": reported below
+        warnings.simplefilter("ignore", UserWarning)
+        cutter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        fold_rows = [val for _, val in cutter.split(np.zeros(len(key)), key, groups)]
+    counts = [max(1, round(share * folds)) for share in values]
+    while sum(counts) > folds:  # rounding gave more folds than exist: take from the largest part
+        counts[int(np.argmax(counts))] -= 1
+    counts[0] = folds - sum(counts[1:])
+    parts, start = {}, 0
+    for name, count in reversed(list(zip(names, counts, strict=True))):
+        parts[name] = np.sort(np.concatenate(fold_rows[start:start + count])) if count else np.zeros(0, np.int64)
+        start += count
+    return {name: parts[name].astype(np.int64) for name in names}
+
+
+def grouped_split(
+    labels: np.ndarray, groups: np.ndarray, *, ratios: tuple[float, float, float] = DEFAULT_RATIOS, seed: int = 0,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Train/val/test with every group (patient) in one split, stratified as far as groups allow.
+
+    See :func:`grouped_partition`; ``ratios`` as in :func:`stratified_split`.
+    """
+    train_r, val_r, test_r = parse_ratios(ratios)
+    return grouped_partition(labels, groups, {"train": train_r, "val": val_r, "test": test_r}, seed=seed,
+                             class_names=class_names)
+
+
+def grouped_kfold(
+    labels: np.ndarray, groups: np.ndarray, *, n_splits: int = 5, seed: int = 0,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified group k-fold (scikit-learn's ``StratifiedGroupKFold``): ``(train rows, val rows)`` per fold.
+
+    Every group's rows fall in one validation fold.
+
+    Raises:
+        ValueError: ``n_splits`` < 2 or more folds than groups.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if not isinstance(n_splits, int) or n_splits < 2:
+        raise ValueError(f"k-fold needs an integer number of folds >= 2, got {n_splits!r}")
+    groups = np.asarray(groups)
+    n_groups = len(np.unique(groups))
+    if n_groups < n_splits:
+        raise ValueError(f"{n_splits}-fold grouped cross-validation needs at least {n_splits} groups; "
+                         f"the data has {n_groups}")
+    import warnings
+
+    key = stratify_key(np.asarray(labels), min_count=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        cutter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        return [(np.sort(tr), np.sort(va)) for tr, va in cutter.split(np.zeros(len(key)), key, groups)]

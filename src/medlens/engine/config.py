@@ -81,6 +81,9 @@ class DataConfig:
         folds: 0 for the source's own train/val split; k >= 2 to train on fold ``fold`` of a
             stratified k-fold of train + val (seeded by ``split_seed``; test untouched).
         fold: the validation fold, ``0 <= fold < folds``.
+        source_options: ``csv:`` manifest columns and, for ``csv:`` and ``folder:``, ``group_regex``,
+            ``task`` and ``class_order`` (:data:`medlens.data.spec.SOURCE_OPTION_KEYS`), so that the run
+            and ``evaluate RUN`` read the data the same way.
     """
 
     spec: str = ""
@@ -98,8 +101,14 @@ class DataConfig:
     correct_priors: bool = False
     folds: int = 0
     fold: int = 0
+    source_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from medlens.data.spec import check_source_options
+
+        if not isinstance(self.source_options, dict):
+            raise ValueError(f"data.source_options must be a mapping of options; got {self.source_options!r}")
+        object.__setattr__(self, "source_options", check_source_options(self.source_options))
         if not isinstance(self.spec, str) or not self.spec:
             raise ValueError("data.spec must name a dataset, e.g. breastmnist or folder:path/to/images")
         if self.size is not None:
@@ -485,7 +494,7 @@ def resolve_data(data: DataConfig):
 
     source = resolve(data.spec, root=data.root, size=data.size, seed=data.split_seed, ratios=data.ratios,
                      channels=data.channels, skip_bad=data.skip_bad, download_missing=data.download,
-                     verify=data.verify)
+                     verify=data.verify, source_options=data.source_options)
     if data.folds:
         source = with_fold(source, folds=data.folds, fold=data.fold, seed=data.split_seed)
     return source

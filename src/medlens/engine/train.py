@@ -217,6 +217,9 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
     cfg = config
     pl.seed_everything(cfg.train.seed, verbose=False)
     source = source if source is not None else resolve_data(cfg.data)
+    if source.metadata is not None:  # a table's (or grouped folder's) split: what it came to, per split
+        for line in source.split_summary():
+            say(f"split {line}", rank)
     for warning in source.warnings:
         say(f"warning: {warning}", rank)
     if source.bad_files:

@@ -13,12 +13,17 @@ predicts, and writes into ``RUN/eval/<split>/`` (``RUN/eval/<split>@<data>/`` fo
                      ``pandas.read_csv(path, header=None, index_col=0)`` reads back as the score
                      matrix), so they can be re-scored by the official tool
 
-``metrics.json`` schema (``schema_version`` 1): ``schema_version``, ``run``, ``split``, ``data``
-(spec), ``fingerprint`` (of the data and its split), ``model`` (architecture), ``checkpoint_sha256``
-(of the weights evaluated), ``class_names``,
+``metrics.json`` schema (``schema_version`` 2): ``schema_version``, ``run``, ``split`` (``train``,
+``val``, ``test``, or ``all``: every image of the data), ``data`` (spec), ``external`` (true when
+``--data`` named other data than the run's), ``fingerprint`` (of the data and its split), ``model``
+(architecture), ``checkpoint_sha256`` (of the weights evaluated), ``class_names``,
 ``medlens`` (version), then the body of :func:`~medlens.metrics.evaluate_scores`: ``n``,
 ``task``, ``acc``, ``auc``, ``ci`` (bootstrap intervals of ACC, AUC and macro F1), ``per_class``,
-``confusion``, ``roc``, ``pr``, ``calibration``.
+``confusion``, ``roc``, ``pr``, ``calibration``, ``ordinal`` (ordinal tasks only: quadratic-weighted
+kappa and mean absolute grade error); with ``--by``, ``subgroups``: ``{"min_n", "columns": {column:
+{"kind": categorical | bins | quantiles, "edges", "groups": [{"value", "n", "acc", "auc",
+"sensitivity", "specificity", "per_class", "ci", "gap", "too_small"}]}}}`` (see
+:mod:`medlens.evaluate.audit`). Version 1 had no ``external``, ``ordinal`` or ``subgroups``.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import numpy as np
 from medlens._io import atomic_path, file_sha256, write_json
 from medlens.engine.run_folder import RunFolder
 
-SPLIT_NAMES = ("train", "val", "test")
+SPLIT_NAMES = ("train", "val", "test", "all")
 _RESULT_NAME = re.compile(
     r"^(?P<flag>.+)_(?P<split>train|val|test)_\[AUC\](?P<auc>nan|\d\.\d{3})_\[ACC\](?P<acc>nan|\d\.\d{3})@(?P<run>.+)\.csv$")
 
@@ -63,13 +68,16 @@ class Evaluation:
 
 def evaluate_run(run: str | Path, *, split: str = "test", data: str | None = None, root: str | None = None,
                  n_bootstrap: int = 1000, seed: int = 0, batch_size: int = 256, skip_bad: bool | None = None,
-                 download: bool | None = None, verify: bool | None = None) -> Evaluation:
+                 download: bool | None = None, verify: bool | None = None, by: list[str] | None = None,
+                 bins: dict | None = None, source_options: dict | None = None) -> Evaluation:
     """Predict with a run's best checkpoint on one split and write the evaluation files.
 
     Args:
         run: a run folder written by ``medlens train``.
-        split: ``test`` (default), ``val`` or ``train``.
-        data: another dataset spec with the same classes (default: the run's own data and split).
+        split: ``test`` (default), ``val``, ``train``, or ``all`` (every image of the data, for an
+            external validation set that needs no split).
+        data: another dataset spec with the model's classes, matched by name (default: the
+            run's own data and split); the evaluation is marked ``external``.
         root: MedMNIST data folder (default: the run's own when it exists here, else
             ``$MEDLENS_DATA``, else ``~/.medlens/data``: :meth:`RunFolder.data_root
             <medlens.engine.run_folder.RunFolder.data_root>`).
@@ -78,6 +86,9 @@ def evaluate_run(run: str | Path, *, split: str = "test", data: str | None = Non
         batch_size: images per forward pass.
         skip_bad, download, verify: how the data is read (the run's ``data`` config entries of
             the same names); None: as the run was trained.
+        by: metadata columns to audit subgroups by (:mod:`medlens.evaluate.audit`).
+        bins: ``{column: edges or quantile count}`` for numeric ``by`` columns.
+        source_options: the table options of ``data`` (a ``csv:`` manifest's columns).
 
     Returns:
         :class:`Evaluation`.
@@ -105,18 +116,25 @@ def evaluate_run(run: str | Path, *, split: str = "test", data: str | None = Non
     reading = {k: v for k, v in {"skip_bad": skip_bad, "download": download, "verify": verify}.items()
                if v is not None}
     data_cfg = replace(config.data, root=str(layout.data_root(root, config=config.to_dict())), **reading)
-    source = resolve_data(data_cfg) if data is None else _other_source(data, data_cfg, card)
+    source = (resolve_data(data_cfg) if data is None
+              else _other_source(data, data_cfg, card, source_options, unsplit=split == "all"))
     data_name = None if data is None else _slug(source.spec)
     task = Task(card.task)
-    target = source.splits[split]
+    target = _all_splits(source) if split == "all" else source.splits[split]
     predictions = predict(model, target, task=task, mean=card.normalisation["mean"], std=card.normalisation["std"],
                           batch_size=batch_size, channels_last=get_model_spec(card.architecture).channels_last)
     body = evaluate_scores(predictions.y_true, predictions.y_score, task=task, class_names=card.class_names,
                            n_bootstrap=n_bootstrap, seed=seed)
     from medlens import __version__
 
+    if by:
+        from medlens.evaluate.audit import audit
+
+        body["subgroups"] = audit(source.metadata, predictions.ids, predictions.y_true, predictions.y_score,
+                                  columns=list(by), bins=bins, task=task, class_names=card.class_names,
+                                  n_bootstrap=n_bootstrap, seed=seed)
     metrics = {"schema_version": METRICS_SCHEMA_VERSION, "run": str(run_dir), "split": split, "data": source.spec,
-               "fingerprint": source.fingerprint, "model": card.architecture,
+               "external": data is not None, "fingerprint": source.fingerprint, "model": card.architecture,
                "checkpoint_sha256": file_sha256(checkpoint), "class_names": list(card.class_names),
                "medlens": __version__, **body}
     files = _write(layout, split, data_name, metrics, predictions, card.class_names, flag=_flag(source.spec),
@@ -125,22 +143,46 @@ def evaluate_run(run: str | Path, *, split: str = "test", data: str | None = Non
                       images=target, model=(model, card))
 
 
-def _other_source(spec: str, data_cfg, card):
-    """Resolve ``--data`` at the model's size and channels and check it has the model's classes."""
-    from medlens.data.source import resolve
+def _all_splits(source):
+    """Every image of ``source`` as one split (train, then val, then test)."""
+    from medlens.data.source import TensorSplit
+
+    parts = [source.splits[name] for name in ("train", "val", "test") if len(source.splits[name])]
+    return TensorSplit(np.concatenate([np.asarray(p.images) for p in parts]), np.concatenate([p.labels for p in parts]),
+                       np.concatenate([p.ids for p in parts]))
+
+
+def _other_source(spec: str, data_cfg, card, source_options: dict | None = None, *, unsplit: bool = False):
+    """Resolve ``--data`` at the model's size and channels; its classes must be the model's, by name.
+
+    Classes in another order are renumbered to the model's (a folder sorts names, a table may
+    give them in any order); other names, or a missing or extra class, are refused. ``unsplit``:
+    a folder or table is not split (``--split all``).
+    """
+    from medlens.data.source import TensorSplit, resolve
     from medlens.data.spec import parse_spec
 
     # A spec with its own size (breastmnist@64) loads that file and is resized to the model's input.
     parsed = parse_spec(spec)
     source = resolve(spec, root=data_cfg.root, size=parsed.size or card.input_size, seed=data_cfg.split_seed,
                      ratios=data_cfg.ratios, channels=card.in_channels if parsed.source.decodes_images else None,
-                     skip_bad=data_cfg.skip_bad, download_missing=data_cfg.download, verify=data_cfg.verify)
+                     skip_bad=data_cfg.skip_bad, download_missing=data_cfg.download, verify=data_cfg.verify,
+                     source_options=source_options, unsplit=unsplit)
     names, task = list(source.info.class_names), source.info.task.value
-    if names != list(card.class_names) or task != card.task:
-        raise ValueError(f"--data {spec} has classes {names} ({task}); the model was trained on "
-                         f"{list(card.class_names)} ({card.task}): "
-                         "evaluate on data with the same classes in the same order")
-    images = source.splits["test"].images
+    model_names = list(card.class_names)
+    multilabel = "multilabel" in (task, card.task)
+    if sorted(names) != sorted(model_names) or (multilabel and task != card.task):
+        missing, extra = sorted(set(model_names) - set(names)), sorted(set(names) - set(model_names))
+        raise ValueError(f"--data {spec} has classes {names} ({task}); the model was trained on {model_names} "
+                         f"({card.task})" + (f"; missing {missing}" if missing else "")
+                         + (f"; not the model's: {extra}" if extra else "")
+                         + ": evaluate on data with the model's classes (the same names)")
+    if names != model_names:
+        order = np.asarray([model_names.index(name) for name in names])
+        source.splits = {name: TensorSplit(split.images, order[split.labels] if split.labels.ndim == 1
+                                           else split.labels[:, np.argsort(order)], split.ids)
+                         for name, split in source.splits.items()}
+    images = source.splits["train"].images
     if images.ndim - 2 != card.spatial_dims or images.shape[1] != card.in_channels:
         raise ValueError(f"--data {spec} holds {images.shape[1]}-channel {images.ndim - 2}D images; the model takes "
                          f"{card.in_channels}-channel {card.spatial_dims}D images")
@@ -303,13 +345,22 @@ def format_evaluation(metrics: dict) -> str:
     macro_f1 = per_class["macro"]["f1"]
     calib = metrics["calibration"]
     kappa = "quadratic kappa" if per_class.get("kappa_weights") == "quadratic" else "kappa"
+    external = " (external data)" if metrics.get("external") else ""
     lines = [
-        f"{metrics['data']} {metrics['split']} (n={metrics['n']}, {metrics['task']}), model {metrics['model']}{level}",
+        f"{metrics['data']}{external} {metrics['split']} (n={metrics['n']}, {metrics['task']}), "
+        f"model {metrics['model']}{level}",
         f"ACC {_fmt(metrics['acc'])}{_interval(ci, 'acc')}   AUC {_fmt(metrics['auc'])}{_interval(ci, 'auc')}   "
         f"macro F1 {_fmt(macro_f1)}{_interval(ci, 'macro_f1')}",
         f"balanced accuracy {_fmt(per_class['balanced_accuracy'])}   {kappa} {_fmt(per_class['kappa'])}   "
         f"ECE {_fmt(calib['ece'])}   Brier {_fmt(calib['brier'])}",
-        "",
-        table,
     ]
+    ordinal = metrics.get("ordinal")
+    if ordinal:
+        lines.append(f"ordinal: quadratic-weighted kappa {_fmt(ordinal['quadratic_kappa'])}   mean absolute grade "
+                     f"error {_fmt(ordinal['mean_absolute_grade_error'])}")
+    lines += ["", table]
+    if metrics.get("subgroups"):
+        from medlens.evaluate.audit import format_audit
+
+        lines += ["", format_audit(metrics["subgroups"])]
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from medlens.metrics.classification import (
     evaluate_scores,
     expected_calibration_error_loss,
     f1_score,
+    mean_absolute_grade_error_loss,
     per_class_report,
     pr_curves,
     predicted_labels,
@@ -32,6 +33,6 @@ from medlens.metrics.classification import (
 __all__ = [
     "BOOTSTRAP_METRICS", "METRICS_SCHEMA_VERSION", "accuracy_score", "balanced_accuracy_score", "bootstrap_ci",
     "brier_loss", "calibration", "cohen_kappa_score", "confusion_matrix", "evaluate_scores",
-    "expected_calibration_error_loss", "f1_score", "per_class_report", "pr_curves", "predicted_labels",
-    "roc_auc_score", "roc_curves",
+    "expected_calibration_error_loss", "f1_score", "mean_absolute_grade_error_loss", "per_class_report", "pr_curves",
+    "predicted_labels", "roc_auc_score", "roc_curves",
 ]

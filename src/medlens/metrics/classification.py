@@ -80,8 +80,9 @@ import numpy as np
 
 from medlens.data.registry import Task
 
-METRICS_SCHEMA_VERSION = 1
-"""Version of the dict :func:`evaluate_scores` returns; raised when its layout changes."""
+METRICS_SCHEMA_VERSION = 2
+"""Version of the dict :func:`evaluate_scores` returns; raised when its layout changes (2: ``ordinal``
+for ordinal tasks; evaluations add ``external`` and ``subgroups``)."""
 
 # Scores within this distance of a row sum of 1 count as probabilities (float32 softmax rows are
 # off by ~1e-7; scikit-learn's own check, rtol = sqrt(eps), would warn on every real run).
@@ -455,6 +456,31 @@ def cohen_kappa_score(y_true, y_score, *, task: Task, threshold: float = 0.5) ->
             per_label = np.array([sk_kappa(y_true[:, j], y_pred[:, j], labels=[0, 1]) for j in range(k)])
             return float(_nan_mean(per_label))
         return float(sk_kappa(y_true, y_pred, labels=list(range(k)), weights=_kappa_weights(task)))
+
+
+def mean_absolute_grade_error_loss(y_true, y_score, *, task: Task) -> float:
+    """Mean absolute difference between predicted and true grade (ordinal tasks; lower is better).
+
+    The predicted grade is the arg-max class (:func:`predicted_labels`), so the metric is in class
+    steps: 0 perfect, 1 one grade off on average.
+
+    Args:
+        y_true: grades as class ids ``(N,)`` or ``(N, 1)``.
+        y_score: scores ``(N, K)``.
+        task: :class:`Task` ORDINAL (or MULTICLASS whose class ids are grades).
+
+    Raises:
+        ValueError: a multi-label task, bad shapes or labels, or empty input.
+
+    Example:
+        >>> mean_absolute_grade_error_loss([0, 1, 2, 2], np.eye(3)[[0, 2, 2, 0]], task=Task.ORDINAL)
+        0.75
+    """
+    task = _as_task(task)
+    if task.is_multilabel:
+        raise ValueError("mean absolute grade error is for ordinal (one grade per image) tasks, not multi-label")
+    y_true, _, y_pred, _ = _labels_and_predictions(y_true, y_score, task, 0.5)
+    return float(np.mean(np.abs(y_true.astype(np.int64) - y_pred.astype(np.int64))))
 
 
 # --- calibration ---------------------------------------------------------------------------------
@@ -1057,4 +1083,7 @@ def evaluate_scores(y_true, y_score, *, task: Task, class_names: Sequence[str], 
         "roc": roc_curves(y_true, y_score, task=task, class_names=names),
         "pr": pr_curves(y_true, y_score, task=task, class_names=names),
         "calibration": calibration(y_true, y_score, task=task, n_bins=n_bins),
+        **({"ordinal": {"quadratic_kappa": cohen_kappa_score(y_true, y_score, task=task),
+                        "mean_absolute_grade_error": mean_absolute_grade_error_loss(y_true, y_score, task=task)}}
+           if task is Task.ORDINAL else {}),
     }

@@ -107,6 +107,37 @@ def fold_figure(summary: dict) -> dict:
         for split in ("val", "test")], hovermode="closest", yaxis={"range": [0, 1]})
 
 
+def forest_figure(subgroups: dict) -> dict:
+    """Per-subgroup AUC with its 95% interval, one row per subgroup, the whole set's AUC as a line.
+
+    Subgroups too small for an interval are drawn as open markers without whiskers.
+    """
+    labels, auc, low, high, small = [], [], [], [], []
+    for column, entry in subgroups["columns"].items():
+        for group in entry["groups"]:
+            ci = group["ci"].get("auc") or {}
+            value = group["auc"]
+            labels.append(f"{column}: {group['value']} (n={group['n']})")
+            auc.append(value)
+            lower, upper = ci.get("lower"), ci.get("upper")
+            ok = lower is not None and math.isfinite(lower) and math.isfinite(value)
+            low.append(value - lower if ok else None)
+            high.append(upper - value if ok else None)
+            small.append(group["too_small"])
+    whole = subgroups.get("whole_auc")
+    data = [{"type": "scatter", "mode": "markers", "name": "AUC (95% CI)", "x": _clean(auc), "y": labels,
+             "error_x": {"type": "data", "symmetric": False, "array": high, "arrayminus": low},
+             "marker": {"symbol": ["circle-open" if s else "circle" for s in small], "size": 9}}]
+    shapes = []
+    if whole is not None and math.isfinite(whole):
+        shapes.append({"type": "line", "x0": whole, "x1": whole, "yref": "paper", "y0": 0, "y1": 1,
+                       "line": {"dash": "dot", "color": "gray"}})
+    return figure_spec("AUC by subgroup (dotted: whole set; open: too small for a CI)", data,
+                       height=max(260, 28 * len(labels) + 90), shapes=shapes, hovermode="closest",
+                       xaxis={"title": {"text": "AUC"}}, yaxis={"autorange": "reversed", "automargin": True},
+                       showlegend=False)
+
+
 def _num(value) -> str:
     return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.3f}"
 

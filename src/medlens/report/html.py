@@ -77,7 +77,9 @@ def _run_sections(run: Path, *, gallery: int, split: str, explain: bool, n_boots
         write_pngs,
     )
 
-    evaluation = evaluate_run(run, split=split, n_bootstrap=n_bootstrap)
+    # A run on data with metadata (a csv: manifest) gets the subgroup audit by default.
+    by = ["auto"] if _metadata_columns(run) else None
+    evaluation = evaluate_run(run, split=split, n_bootstrap=n_bootstrap, by=by)
     metrics = evaluation.metrics
     _, card = evaluation.model
     layout = RunFolder(run)
@@ -94,9 +96,45 @@ def _run_sections(run: Path, *, gallery: int, split: str, explain: bool, n_boots
         _plots("Confusion matrix", confusion_figures(metrics)),
         _plots("ROC, precision-recall and calibration", [*roc_pr_figures(metrics), reliability_figure(metrics)]),
         _published_section(card.dataset.get("spec", ""), metrics["auc"], metrics["acc"], metrics.get("ci", {})),
+        _subgroup_section(metrics),
         _gallery_section(evaluation, limit=gallery, explain=explain) if gallery else "",
     ]
     return sections, f"medlens report: {run.name}"
+
+
+def _metadata_columns(run: Path) -> list[str]:
+    """The metadata columns ``train`` recorded in ``splits.json`` (none for data without a table)."""
+    path = RunFolder(run).splits
+    if not path.is_file():
+        return []
+    return list(json.loads(path.read_text()).get("metadata_columns") or [])
+
+
+def _subgroup_section(metrics: dict) -> str:
+    """The subgroup audit: a forest plot of AUC with CIs and the table (n, ACC, AUC, sensitivity, specificity, gaps)."""
+    from medlens.report.figures import forest_figure
+
+    subgroups = metrics.get("subgroups")
+    if not subgroups or not subgroups.get("columns"):
+        return ""
+    rows = []
+    for column, entry in subgroups["columns"].items():
+        for group in entry["groups"]:
+            ci = group["ci"].get("auc") or {}
+            interval = f" [{_fmt(ci['lower'])}, {_fmt(ci['upper'])}]" if ci else ""
+            rows.append([column, group["value"] + (" (too small for a CI)" if group["too_small"] else ""),
+                         str(group["n"]), _fmt(group["acc"]), _fmt(group["auc"]) + interval, _fmt(group["sensitivity"]),
+                         _fmt(group["specificity"]), _fmt(group["gap"]["acc"]), _fmt(group["gap"]["auc"])])
+    table = _table(["column", "subgroup", "n", "ACC", "AUC [95% CI]", "sensitivity", "specificity", "ACC gap",
+                    "AUC gap"], rows)
+    skipped = subgroups.get("skipped")
+    note = (f"<p class=muted>Per subgroup of each metadata column; sensitivity and specificity are macro means over "
+            f"the classes present; gaps are the subgroup's value minus the whole set's; subgroups under "
+            f"{subgroups['min_n']} images get no interval and are marked, not hidden."
+            + (f" Not audited (too many distinct values): {_e(', '.join(skipped))}." if skipped else "") + "</p>")
+    plot = _plots("", [forest_figure({**subgroups, "whole_auc": metrics["auc"]})]).replace("<section><h2></h2>", "")
+    plot = plot.removesuffix("</section>")
+    return f"<section><h2>Subgroups</h2>{note}{plot}{table}</section>"
 
 
 def _group_sections(parent: Path) -> tuple[list[str], str]:

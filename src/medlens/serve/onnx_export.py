@@ -77,7 +77,8 @@ def _test_images(card, folder: RunFolder, *, root: str | os.PathLike | None, lim
     root = folder.data_root(root, config=config)
     try:
         source = resolve(spec, root=root, download_missing=False, seed=data.get("split_seed", 0),
-                         ratios=data.get("ratios", "0.8/0.1/0.1"), channels=data.get("channels"))
+                         ratios=data.get("ratios", "0.8/0.1/0.1"), channels=data.get("channels"),
+                         source_options=data.get("source_options"))
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"the test images of {spec} are needed to verify the export: {exc} "
                                 "(set $MEDLENS_DATA or pass --root)") from None
