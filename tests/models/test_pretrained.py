@@ -186,7 +186,7 @@ def test_weights_files_that_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"cannot be read with torch.load\(weights_only=True\)"):
         read_state_dict(pickled)
     (tmp_path / "w.ckpt").write_bytes(b"x")
-    with pytest.raises(ValueError, match="must be .safetensors, or .pth/.pt/.bin"):
+    with pytest.raises(ValueError, match="must be a safetensors file, or .pth/.pt/.bin"):
         read_state_dict(tmp_path / "w.ckpt")
     with pytest.raises(FileNotFoundError, match="weights file .*nope.safetensors does not exist"):
         read_state_dict(tmp_path / "nope.safetensors")

@@ -44,7 +44,7 @@ def source_checkpoint(init_from: str) -> Path:
         best = RunFolder(path).best
         if not best.is_file():
             raise FileNotFoundError(f"--init-from {init_from}: the folder has no {best.relative_to(path)}; "
-                                    "name a finished medlens run or a checkpoint .safetensors")
+                                    "name a finished medlens run or one of its checkpoint files")
         return best
     if not weights_file(path).is_file():
         raise FileNotFoundError(f"--init-from {init_from} is neither a medlens run folder nor a checkpoint file")

@@ -105,7 +105,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
     suffix = path.suffix.lower()
-    if suffix == ".safetensors":
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    # By content, not name: a safetensors file opens with its header's length (8 bytes) and a JSON "{".
+    if head[8:9] == b"{":
         from safetensors.torch import load_file
 
         try:
@@ -120,8 +123,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise ValueError(f"{path} cannot be read with torch.load(weights_only=True) (only plain tensor "
                              f"dicts are accepted, never a pickle that runs code): {first_line}") from None
     else:
-        raise ValueError(f"weights file {path} must be .safetensors, or .pth/.pt/.bin read with weights_only; "
-                         f"got {suffix or 'no suffix'!r}")
+        raise ValueError(f"weights file {path} must be a safetensors file, or .pth/.pt/.bin read with "
+                         f"weights_only; got {suffix or 'no suffix'!r}")
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
