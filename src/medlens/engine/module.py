@@ -94,6 +94,10 @@ class ClassifierModule(pl.LightningModule):
         seed = epoch_seed(self.config.train.seed, self.current_epoch, self.global_rank)
         torch.manual_seed(seed)  # dropout and any other torch randomness of this epoch
         self.generator.manual_seed(seed + 1)  # augmentation and mixup
+        from medlens.engine.transfer import apply_freeze, uses_freezing
+
+        if uses_freezing(self.config.optim):  # --recipe finetune: the head alone first, BatchNorm as chosen
+            apply_freeze(self.model, self.config.optim, self.current_epoch)
         loader = self.trainer.datamodule.train_loader if self.trainer.datamodule else None
         if loader is not None:
             loader.set_epoch(self.current_epoch)

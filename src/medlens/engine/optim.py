@@ -185,6 +185,13 @@ def trainable_parameters(model: torch.nn.Module, loss: torch.nn.Module) -> list:
     return [p for p in list(model.parameters()) + list(loss.parameters()) if p.requires_grad]
 
 
+def _groups(model: torch.nn.Module, loss: torch.nn.Module, optim: OptimConfig) -> list:
+    """The parameters, in two groups when ``optim.backbone_lr_scale`` gives the backbone its own rate."""
+    from medlens.engine.transfer import parameter_groups
+
+    return parameter_groups(model, loss, optim)
+
+
 # -- optimizers ------------------------------------------------------------------------------
 
 
@@ -192,21 +199,21 @@ def trainable_parameters(model: torch.nn.Module, loss: torch.nn.Module) -> list:
 def _adam(model, loss, optim):
     import torch
 
-    return torch.optim.Adam(trainable_parameters(model, loss), lr=optim.lr, weight_decay=optim.weight_decay)
+    return torch.optim.Adam(_groups(model, loss, optim), lr=optim.lr, weight_decay=optim.weight_decay)
 
 
 @register_optimizer("adamw", description="AdamW: Adam with decoupled weight decay")
 def _adamw(model, loss, optim):
     import torch
 
-    return torch.optim.AdamW(trainable_parameters(model, loss), lr=optim.lr, weight_decay=optim.weight_decay)
+    return torch.optim.AdamW(_groups(model, loss, optim), lr=optim.lr, weight_decay=optim.weight_decay)
 
 
 @register_optimizer("sgd", description="SGD with momentum; weight_decay as an L2 penalty")
 def _sgd(model, loss, optim):
     import torch
 
-    return torch.optim.SGD(trainable_parameters(model, loss), lr=optim.lr, momentum=optim.momentum,
+    return torch.optim.SGD(_groups(model, loss, optim), lr=optim.lr, momentum=optim.momentum,
                            weight_decay=optim.weight_decay)
 
 

@@ -208,11 +208,11 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
     """One run, step by step: data, model and loss, the run folder, the card, the Lightning fit, the scores."""
     import lightning.pytorch as pl
 
-    from medlens.data.augment import channel_stats
     from medlens.engine.callbacks import EpochProgress, RunRecorder
     from medlens.engine.config import default_batch_size, resolve_data
     from medlens.engine.module import ClassifierModule
     from medlens.engine.tracking import Tracker, default_tracking_uri
+    from medlens.engine.transfer import initialise, input_normalisation
 
     cfg = config
     pl.seed_everything(cfg.train.seed, verbose=False)
@@ -233,7 +233,11 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
     if not resume:
         _check_memory(cfg, model, source)
     _announce(cfg, source, loss_name, class_weights, logit_shift, rank)
-    normalisation = channel_stats(train_split.images)
+    if not resume:  # the starting weights, before the folder is written: one that does not fit leaves nothing
+        initialise(model, cfg.model, in_channels=int(train_split.images.shape[1]), spatial_dims=spatial_dims,
+                   class_names=list(source.info.class_names), say=lambda m: say(m, rank))
+    normalisation = input_normalisation(cfg.model, train_split.images,
+                                        own_checkpoint=RunFolder(run_dir).last if resume else None)
     start_or_check(cfg, run_dir, source, resume=resume, write=rank == 0)
     card = _model_card(cfg, source, normalisation)
     model = _prepare_model(model, cfg, source, normalisation, run_dir, resume=resume, rank=rank)
@@ -304,10 +308,13 @@ def _announce(cfg: RunConfig, source, loss_name: str, class_weights, logit_shift
 def _model_card(cfg: RunConfig, source, normalisation):
     """The card every checkpoint of the run carries: architecture, task, classes, input, data, config."""
     from medlens.engine.checkpoint import ModelCard
+    from medlens.models import get_model_spec
 
     images = source.splits["train"].images
     return ModelCard(
-        architecture=cfg.model.name, model_kwargs=dict(cfg.model.kwargs), task=source.info.task.value,
+        # The options after defaults (efficientnet_lite0's min_size, say), so the card alone says how it was built.
+        architecture=cfg.model.name, model_kwargs={**get_model_spec(cfg.model.name).default_options,
+                                                   **cfg.model.kwargs}, task=source.info.task.value,
         class_names=list(source.info.class_names), in_channels=int(images.shape[1]), spatial_dims=images.ndim - 2,
         input_size=source.size, normalisation=normalisation.to_dict(),
         dataset={"spec": source.spec, "fingerprint": source.fingerprint, "split_method": source.split_method,

@@ -20,7 +20,7 @@ Example:
     torch.Size([2, 5])
 """
 
-from medlens.models import cnn, compact, densenet, ensemble, resnet  # noqa: F401  (registers the families)
+from medlens.models import cnn, compact, densenet, efficientnet, ensemble, resnet  # noqa: F401  (registers the families)
 from medlens.models.autoencoder import Autoencoder
 from medlens.models.registry import ModelSpec, create_model, get_model_spec, list_models, register_model
 
