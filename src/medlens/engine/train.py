@@ -216,6 +216,12 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
     spatial_dims = train_split.images.ndim - 2
     if cfg.data.batch_size is None:  # recorded in config.yaml as the number used
         cfg = replace(cfg, data=replace(cfg.data, batch_size=default_batch_size(spatial_dims)))
+    if cfg.data.root is None and not resume:
+        # The data root this run read ($MEDLENS_DATA or the default), recorded: `medlens evaluate RUN`
+        # in a new shell without $MEDLENS_DATA then finds the same files instead of downloading them.
+        from medlens.data.download import data_root
+
+        cfg = replace(cfg, data=replace(cfg.data, root=str(data_root(None))))
     model, loss, loss_name, class_weights, logit_shift = model_and_loss(cfg, source)
     if not resume:
         _check_memory(cfg, model, source)
