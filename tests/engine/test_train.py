@@ -272,7 +272,7 @@ def test_metrics_json_writes_nan_as_null_and_reads_it_back_as_nan(tmp_path, monk
 
     from medlens.engine import checkpoint
     from medlens.engine import train as engine
-    from medlens.engine.run_folder import RunFolder
+    from medlens.engine.run_folder import RUN_METRICS_SCHEMA_VERSION, RunFolder
 
     card = checkpoint.ModelCard(architecture="cnn_small", model_kwargs={}, task="binary", class_names=["a", "b"],
                                 in_channels=1, spatial_dims=2, input_size=28,
@@ -287,6 +287,7 @@ def test_metrics_json_writes_nan_as_null_and_reads_it_back_as_nan(tmp_path, monk
     text = RunFolder(tmp_path).metrics.read_text()
     stored = json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in metrics.json"))
     assert stored["val"]["auc"] is None and stored["train_images_per_second"] is None
+    assert stored["schema_version"] == RUN_METRICS_SCHEMA_VERSION == 1
     back = RunFolder(tmp_path).read_metrics()
     assert math.isnan(back["val"]["auc"]) and math.isnan(back["train_images_per_second"])
     assert back["test"] == metrics["test"] == scores["test"]

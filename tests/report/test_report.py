@@ -140,6 +140,16 @@ def _open_offline(report: Path, shot: Path) -> dict:
             page.goto(report.as_uri())
             page.wait_for_selector(".plot .main-svg", timeout=30_000)
             result = {"plots": page.locator(".plot").count(), "rendered": page.locator(".plot .main-svg").count()}
+            # Tick labels (class names) drawn outside their chart's SVG are clipped ("alignant").
+            result["clipped_labels"] = page.locator(".plot").evaluate_all("""plots => plots.flatMap(plot => {
+                const svg = plot.querySelector('.main-svg');
+                if (!svg) return [];
+                const box = svg.getBoundingClientRect();
+                return [...plot.querySelectorAll('.xtick text, .ytick text')].filter(t => {
+                    const r = t.getBoundingClientRect();
+                    return r.left < box.left - 0.5 || r.right > box.right + 0.5 || r.bottom > box.bottom + 0.5;
+                }).map(t => t.textContent);
+            })""")
             result["cards"] = page.locator("#gallery .card").count()
             page.select_option("#f-outcome", "wrong")
             result["wrong_cards"] = page.locator("#gallery .card").count()
@@ -167,6 +177,7 @@ def test_report_renders_offline_in_chromium(which, request, tmp_path):
     report = build_report(run, out=tmp_path / "report.html", figures=False)
     seen = _open_offline(report, tmp_path / "report.png")
     assert seen["errors"] == [] and seen["requests"] == []
+    assert seen["clipped_labels"] == []
     assert seen["plots"] >= 9 and seen["rendered"] >= seen["plots"]  # every chart drew its SVG
     assert 0 < seen["wrong_cards"] < seen["cards"] and seen["wrong_all_red"]
     assert 0 < seen["class_cards"] < seen["cards"]

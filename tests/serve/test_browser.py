@@ -172,3 +172,38 @@ def test_docs_render_with_the_network_off(browser, server):
     assert any("/v1/predict" in path for path in paths), paths
     assert not outside and not problems, (outside, problems)
     context.close()
+
+
+@pytest.fixture(scope="module")
+def test_pngs(medmnist_root, tmp_path_factory) -> list[Path]:
+    """Three real BreastMNIST test images, written as PNGs."""
+    images = np.load(medmnist_root / "breastmnist.npz")["test_images"][10:13]
+    folder = tmp_path_factory.mktemp("uploads")
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(folder / f"breast_test_{10 + i}.png")
+        Image.fromarray(image).save(paths[-1])
+    return paths
+
+
+def test_several_files_go_in_one_request_and_each_can_be_shown(page, server, test_pngs):
+    from playwright.sync_api import expect
+
+    page, problems = page
+    page.fill("#api-key", "browser-key")
+    page.dispatch_event("#api-key", "change")
+    expect(page.locator("#model")).to_contain_text("cnn_small")
+    page.set_input_files("#file", [str(p) for p in test_pngs])
+    page.wait_for_selector("body[data-state='done']", timeout=30_000)
+    response = httpx.post(f"{server}/v1/predict", headers={"X-API-Key": "browser-key"},
+                          files=[("files", (p.name, p.read_bytes(), "image/png")) for p in test_pngs])
+    expected = response.json()["predictions"]
+    items = page.locator("#list .item")
+    assert items.count() == 3
+    assert [items.nth(i).get_attribute("data-file") for i in range(3)] == [p.name for p in test_pngs]
+    for i in range(3):
+        assert items.nth(i).text_content().startswith(f"{test_pngs[i].name}: {expected[i]['predicted']} (")
+    items.nth(2).click()
+    expect(page.locator("#list .item.selected")).to_have_attribute("data-file", test_pngs[2].name)
+    assert page.text_content("#probability") == f"{100 * expected[2]['probability']:.1f} %"
+    assert all("status of 401" in text for text in problems), problems

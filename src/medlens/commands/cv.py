@@ -26,7 +26,10 @@ def run(args: argparse.Namespace) -> int:
     config, _ = train_config(args)
     summary = run_group(args.out, cv_members(config, folds=args.folds, repeats=args.repeats), kind="cv", say=_say)
     print(format_summary(summary))
-    print(f"\n{args.folds}-fold cross-validation on train+val (val = the held-out fold; test untouched) "
+    repeated = (f"{args.repeats} repeats of {args.folds}-fold cross-validation ({args.repeats * args.folds} runs; "
+                "the summary covers every run of every repeat)" if args.repeats > 1
+                else f"{args.folds}-fold cross-validation")
+    print(f"\n{repeated} on train+val (val = the held-out fold; test untouched) "
           f"-> {RunFolder(args.out).summary('cv')}")
     if not args.no_report:
         from medlens.report.html import build_report

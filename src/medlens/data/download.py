@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.client
 import json
@@ -116,10 +117,28 @@ def _manual_hint(remote: RemoteFile, folder: Path) -> str:
     )
 
 
+# A mirror of the MedMNIST files (a proxy-reachable server, a local folder served over HTTP):
+# files are fetched from ``$MEDLENS_MIRROR/<file name>`` instead of their official URL; the
+# official MD5 is checked all the same.
+MIRROR_ENV = "MEDLENS_MIRROR"
+
+
+def source_url(remote: RemoteFile, url: str | None = None) -> str:
+    """Where ``remote`` is downloaded from: ``url`` if given, else ``$MEDLENS_MIRROR/<file name>``
+    when that is set, else the official URL."""
+    if url:
+        return url
+    mirror = os.environ.get(MIRROR_ENV, "").strip()
+    if mirror:
+        return f"{mirror.rstrip('/')}/{remote.filename}"
+    return remote.url
+
+
 def download(
     remote: RemoteFile,
     folder: str | os.PathLike,
     *,
+    url: str | None = None,
     attempts: int = 3,
     timeout: float = 60.0,
     progress: bool = True,
@@ -130,6 +149,8 @@ def download(
     Args:
         remote: URL, MD5 and file name (from :meth:`DatasetInfo.file`).
         folder: destination folder; created if missing.
+        url: download from here instead (default: :func:`source_url`: ``$MEDLENS_MIRROR`` or the
+            official URL); the file must still have the official MD5.
         attempts: tries in all (>= 1); each one resumes where the last stopped.
         timeout: seconds without data before an attempt counts as dropped.
         progress: show a tqdm progress bar on stderr.
@@ -143,6 +164,7 @@ def download(
         DownloadError: unreachable URL, connection dropped on every attempt, or wrong MD5. The
             message names the URL, the expected MD5 and where to put the file by hand.
     """
+    remote = dataclasses.replace(remote, url=source_url(remote, url))
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / remote.filename

@@ -16,6 +16,12 @@ One training run (``medlens train``) writes::
         resume.safetensors + resume.json  optimizer, schedule, loops: for --resume  .resume_state, .resume_card
       metrics.json           at the end: best epoch, val and test ACC/AUC of the best checkpoint  .metrics
 
+``metrics.json`` carries ``schema_version`` (:data:`RUN_METRICS_SCHEMA_VERSION`, now 1): ``dataset``,
+``model``, ``best_epoch`` (a list for an ensemble), ``monitor``, ``epochs_run``, ``seconds``,
+``train_images_per_second``, and ``val`` / ``test`` each ``{acc, auc, n}`` (an undefined AUC is
+``null``); an ensemble adds ``member``, ``members_planned`` and ``members`` (one entry per member).
+A change that renames or removes a key raises the version; added keys do not.
+
 An ensemble (``train.members`` K > 1) holds ``config.yaml``, ``splits.json``, ``train.log``,
 ``checkpoints/best`` (the ``ensemble`` model of the members' best checkpoints) and ``metrics.json``
 (the ensemble's, with each member's beside it), and its members under ``members/m0 .. m<K-1>``
@@ -102,6 +108,10 @@ def _nan_for_null(value):
     if isinstance(value, list):
         return [_nan_for_null(v) for v in value]
     return math.nan if value is None else value
+
+
+# The version of the run-level metrics.json layout (see the module docstring).
+RUN_METRICS_SCHEMA_VERSION = 1
 
 
 class RunFolder:

@@ -39,7 +39,7 @@ import torch
 
 from medlens._io import write_json
 from medlens.engine.config import RunConfig, load_run_config, write_yaml
-from medlens.engine.run_folder import RunFolder
+from medlens.engine.run_folder import RUN_METRICS_SCHEMA_VERSION, RunFolder
 
 log = logging.getLogger("medlens")
 
@@ -229,6 +229,12 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
     spatial_dims = train_split.images.ndim - 2
     if cfg.data.batch_size is None:  # recorded in config.yaml as the number used
         cfg = replace(cfg, data=replace(cfg.data, batch_size=default_batch_size(spatial_dims)))
+    if cfg.data.root is None and not resume:
+        # The data root this run read ($MEDLENS_DATA or the default), recorded: `medlens evaluate RUN`
+        # in a new shell without $MEDLENS_DATA then finds the same files instead of downloading them.
+        from medlens.data.download import data_root
+
+        cfg = replace(cfg, data=replace(cfg.data, root=str(data_root(None))))
     model, loss, loss_name, class_weights, logit_shift = model_and_loss(cfg, source)
     if not resume:
         _check_memory(cfg, model, source)
@@ -296,6 +302,9 @@ def _announce(cfg: RunConfig, source, loss_name: str, class_weights, logit_shift
     if cfg.data.oversample:
         say("oversampling: training batches drawn with probability 1/(images in the class), "
             "so every class is seen equally often", rank)
+        if cfg.data.class_weights == "balanced":
+            say("warning: class weights balanced and oversampling both balance the classes, so together they "
+                "balance them twice (rare classes now outweigh common ones); keep one of the two", rank)
     if class_weights is not None:
         listed = ", ".join(f"{name} {w:.3f}" for name, w in zip(info.class_names, class_weights.tolist(), strict=True))
         say(f"class weights (balanced): {listed}", rank)
@@ -475,6 +484,7 @@ def _final_metrics(run_dir: Path, source, task, recorder, spatial_dims: int, cfg
     save_model(model, replace(card, metrics={**card.metrics, **results}), best)
     history = recorder.rows
     metrics = {
+        "schema_version": RUN_METRICS_SCHEMA_VERSION,
         "dataset": source.spec,
         "model": cfg.model.name,
         "best_epoch": recorder.best_epoch,

@@ -10,7 +10,7 @@ import numpy as np
 PLANES = ("axial", "coronal", "sagittal")
 
 
-def overlay_png(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45, min_edge: int | None = None) -> bytes:
+def overlay_png(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.6, min_edge: int | None = None) -> bytes:
     """PNG of an image with its heatmap blended on top in a jet colour map.
 
     Args:
@@ -18,7 +18,8 @@ def overlay_png(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45, 
             :meth:`~medlens.serve.predictor.Predictor.prepare`
             returns; 3D shows the middle slice along depth.
         heatmap: float ``(H, W)`` or ``(D, H, W)`` in [0, 1] (values outside are clipped).
-        alpha: weight of the colour map in the blend, in [0, 1]. Default 0.45.
+        alpha: weight of the colour map at the hottest pixels, in [0, 1]; it falls with the heat
+            to 0 where the heatmap is 0 (the image unchanged there). Default 0.6.
         min_edge: enlarge (nearest neighbour, by a whole factor) until the shorter edge is at
             least this many pixels, so 28-pixel images stay legible; None keeps the size.
 
@@ -47,8 +48,13 @@ def overlay_png(image: np.ndarray, heatmap: np.ndarray, *, alpha: float = 0.45, 
         image, heatmap = image[:, middle], heatmap[middle]
     rgb = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image  # (3, H, W)
     base = rgb.transpose(1, 2, 0).astype(np.float32) / 255.0  # (H, W, 3)
-    colour = colormaps["jet"](np.clip(np.nan_to_num(heatmap), 0.0, 1.0))[..., :3]  # (H, W, 3)
-    blended = ((1.0 - alpha) * base + alpha * colour) * 255.0
+    heat = np.clip(np.nan_to_num(heatmap), 0.0, 1.0)
+    colour = colormaps["jet"](heat)[..., :3]  # (H, W, 3)
+    # The colour's weight follows the heat: where the model looked the map shows at ``alpha``,
+    # elsewhere the image shows as it is. A uniform weight put jet's dark blue over every cold
+    # pixel and hid the anatomy the heatmap is meant to point into.
+    weight = alpha * heat[..., None]
+    blended = ((1.0 - weight) * base + weight * colour) * 255.0
     picture = Image.fromarray(np.clip(blended, 0, 255).round().astype(np.uint8), "RGB")
     if min_edge is not None and min(picture.size) < min_edge:
         factor = math.ceil(min_edge / min(picture.size))
@@ -67,7 +73,7 @@ def _middle_planes(image: np.ndarray, heatmap: np.ndarray) -> list[tuple[str, np
 
 
 def explanation_png(image: np.ndarray, heatmap: np.ndarray, *, caption: str, min_edge: int = 256,
-                    alpha: float = 0.45) -> bytes:
+                    alpha: float = 0.6) -> bytes:
     """PNG of the Grad-CAM overlay with a caption strip (predicted class, probability, target).
 
     Args:
@@ -75,7 +81,7 @@ def explanation_png(image: np.ndarray, heatmap: np.ndarray, *, caption: str, min
         heatmap: float ``(H, W)`` or ``(D, H, W)`` in [0, 1].
         caption: text written under the picture.
         min_edge: each panel is enlarged (nearest neighbour) to at least this edge.
-        alpha: weight of the colour map in the blend.
+        alpha: weight of the colour map at the hottest pixels (see :func:`overlay_png`).
 
     Returns:
         PNG bytes: one panel for 2D, the three orthogonal middle slices side by side for 3D.

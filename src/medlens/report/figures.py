@@ -51,15 +51,17 @@ def confusion_figures(metrics: dict) -> list[dict]:
         z = [[row[0][0], row[0][1], row[1][0], row[1][1]] for row in counts]
         return [figure_spec("Per-label confusion (TN, FP, FN, TP)", [{
             "type": "heatmap", "z": z, "x": ["TN", "FP", "FN", "TP"], "y": names, "colorscale": "Blues",
-            "text": z, "texttemplate": "%{text}"}], height=max(320, 28 * len(names)))]
+            "text": z, "texttemplate": "%{text}"}], height=max(320, 28 * len(names)), yaxis={"automargin": True})]
     out = []
     for title, z, fmt in (("Confusion matrix (counts)", counts, "%{z}"),
                           ("Confusion matrix (row-normalised)", normalized, "%{z:.2f}")):
         out.append(figure_spec(title, [{"type": "heatmap", "z": _clean_matrix(z), "x": names, "y": names,
                                     "colorscale": "Blues", "texttemplate": fmt, "hovertemplate":
                                     "true %{y}<br>predicted %{x}<br>%{z}<extra></extra>"}],
-                           xaxis={"title": {"text": "predicted"}}, yaxis={"title": {"text": "true"},
-                                                                          "autorange": "reversed"},
+                           # automargin: the margins grow to the class names ("malignant" was cut
+                           # to "alignant" by the fixed 50 px left margin).
+                           xaxis={"title": {"text": "predicted"}, "automargin": True},
+                           yaxis={"title": {"text": "true"}, "autorange": "reversed", "automargin": True},
                            hovermode="closest", height=max(320, 60 + 40 * len(names))))
     return out
 
@@ -154,7 +156,7 @@ def write_pngs(folder: str | Path, history: list[dict], metrics: dict | None) ->
     def save(fig: Figure, name: str) -> None:
         fig.tight_layout()
         with atomic_path(folder / name) as tmp, tmp.open("wb") as handle:
-            fig.savefig(handle, format="png", dpi=300)
+            fig.savefig(handle, format="png", dpi=300, bbox_inches="tight")  # long tick labels stay in
         written.append(folder / name)
 
     if history:

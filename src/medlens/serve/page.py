@@ -7,8 +7,12 @@ wheel without packaging configuration.
 Stable element ids (tests and scripts rely on them): ``#file`` (the file input), ``#drop`` (drop
 zone), ``#api-key``, ``#status``, ``#error``, ``#model``, ``#result`` (hidden until a result),
 ``#predicted``, ``#probability``, ``#bars`` (one ``.bar`` row per class, ``data-class`` = name),
-``#heatmap`` (Grad-CAM overlay), ``#preview`` and ``#timing``. ``body[data-state]`` is ``idle``,
-``busy``, ``done`` or ``error``.
+``#heatmap`` (Grad-CAM overlay), ``#preview`` and ``#timing``; with several files ``#list`` holds one
+``.item`` per file (``data-file`` = its name, ``.selected`` = the one shown above). ``body[data-state]``
+is ``idle``, ``busy``, ``done`` or ``error``.
+
+Several files (chosen or dropped together) go in one request, up to the server's ``max_files``
+(from ``GET /v1/model``; the API takes 16 by default); the page says when it sent fewer than given.
 
 The Content-Security-Policy :data:`PAGE_CSP` allows exactly the inline script and style below
 (by SHA-256 hash) and requests to this server only; server text is inserted with
@@ -28,6 +32,9 @@ h1 { font-size: 1.4rem; margin-bottom: .2rem; }
 #drop { display: block; border: 2px dashed #8a96a6; border-radius: .6rem; padding: 1.6rem; text-align: center;
         background: #fff; cursor: pointer; }
 #drop.over { border-color: #2463d1; background: #eaf1fd; }
+#list { padding-left: 1.2rem; margin: 0 0 .8rem; font-size: .9rem; }
+#list .item { cursor: pointer; padding: .1rem 0; }
+#list .item.selected { font-weight: 600; }
 #file { margin-top: .6rem; }
 details { margin: .8rem 0; font-size: .9rem; }
 #status { min-height: 1.4rem; margin: .6rem 0; color: #56606d; }
@@ -81,6 +88,7 @@ async function loadModel() {
       if (response.status === 401) { $("key-box").open = true; }
       return;
     }
+    if (info.limits && info.limits.max_files) { maxFiles = info.limits.max_files; }
     const size = info.input_size ? " \\u00b7 input " + info.input_size + " px" : "";
     $("model").textContent = (info.architecture || "model") + " (" + (info.backend || "") + ") \\u00b7 " +
       (info.task || "") +
@@ -116,13 +124,18 @@ function renderBars(probabilities, predicted) {
   }
 }
 
-async function classify(file) {
-  if (!file) { return; }
+let maxFiles = 16;  // the API's default; GET /v1/model tells this server's
+let shown = { files: [], body: null };
+
+async function classify(fileList) {
+  const given = Array.from(fileList || []);
+  if (!given.length) { return; }
+  const files = given.slice(0, maxFiles);
   $("error").hidden = true;
   $("result").hidden = true;
-  setState("busy", "Classifying " + file.name + " \\u2026");
+  setState("busy", "Classifying " + (files.length === 1 ? files[0].name : files.length + " files") + " \\u2026");
   const form = new FormData();
-  form.append("files", file, file.name);
+  for (const file of files) { form.append("files", file, file.name); }
   let response, body;
   try {
     response = await fetch("/v1/predict?explain=true", { method: "POST", body: form, headers: authHeaders() });
@@ -132,7 +145,38 @@ async function classify(file) {
     return;
   }
   if (!response.ok) { showError(body.error || ("HTTP " + response.status)); return; }
-  const prediction = body.predictions[0];
+  shown = { files: files, body: body };
+  renderList(files, body.predictions);
+  show(0);
+  const t = body.timing_ms;
+  $("timing").textContent = "decode " + t.decode.toFixed(1) + " ms \\u00b7 inference " + t.inference.toFixed(1) +
+    " ms \\u00b7 Grad-CAM " + (t.explain || 0).toFixed(1) + " ms \\u00b7 total " + t.total.toFixed(1) + " ms" +
+    (files.length > 1 ? " (" + files.length + " files)" : "");
+  $("result").hidden = false;
+  setState("done", given.length > files.length ?
+    "Sent the first " + files.length + " of " + given.length + " files (the server takes " + maxFiles +
+    " per request)." : "");
+}
+
+function renderList(files, predictions) {
+  const list = $("list");
+  list.replaceChildren();
+  list.hidden = files.length < 2;
+  predictions.forEach((prediction, i) => {
+    const item = document.createElement("li");
+    item.className = "item";
+    item.dataset.file = files[i].name;
+    item.textContent = files[i].name + ": " + prediction.predicted + " (" +
+      (100 * prediction.probability).toFixed(1) + " %)";
+    item.addEventListener("click", () => show(i));
+    list.append(item);
+  });
+}
+
+function show(i) {
+  const prediction = shown.body.predictions[i];
+  const file = shown.files[i];
+  for (const [k, item] of Array.from($("list").children).entries()) { item.classList.toggle("selected", k === i); }
   $("predicted").textContent = prediction.predicted;
   $("probability").textContent = (100 * prediction.probability).toFixed(1) + " %";
   renderBars(prediction.probabilities, prediction.predicted);
@@ -140,14 +184,9 @@ async function classify(file) {
   if (previewUrl) { URL.revokeObjectURL(previewUrl); }
   previewUrl = URL.createObjectURL(file);
   $("preview").src = previewUrl;
-  const t = body.timing_ms;
-  $("timing").textContent = "decode " + t.decode.toFixed(1) + " ms \\u00b7 inference " + t.inference.toFixed(1) +
-    " ms \\u00b7 Grad-CAM " + (t.explain || 0).toFixed(1) + " ms \\u00b7 total " + t.total.toFixed(1) + " ms";
-  $("result").hidden = false;
-  setState("done", "");
 }
 
-$("file").addEventListener("change", (event) => classify(event.target.files[0]));
+$("file").addEventListener("change", (event) => classify(event.target.files));
 $("preview").addEventListener("error", () => { $("preview-box").hidden = true; });
 $("preview").addEventListener("load", () => { $("preview-box").hidden = false; });
 const drop = $("drop");
@@ -156,7 +195,7 @@ drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (event) => {
   event.preventDefault();
   drop.classList.remove("over");
-  classify(event.dataTransfer.files[0]);
+  classify(event.dataTransfer.files);
 });
 $("api-key").addEventListener("change", loadModel);
 setState("idle", "");
@@ -167,8 +206,8 @@ _BODY = """
 <h1>medlens</h1>
 <div id="model">loading model information&hellip;</div>
 <label id="drop" for="file">
-  Drop an image here, or choose a file<br>
-  <input id="file" type="file"
+  Drop images here, or choose files<br>
+  <input id="file" type="file" multiple
          accept=".png,.jpg,.jpeg,.bmp,.tif,.tiff,.dcm,.dicom,.nii,.nii.gz,.npy,image/*">
 </label>
 <details id="key-box"><summary>API key</summary>
@@ -177,6 +216,7 @@ _BODY = """
 <div id="status" role="status" aria-live="polite"></div>
 <div id="error" role="alert" hidden></div>
 <section id="result" hidden>
+  <ol id="list" hidden></ol>
   <div><span id="predicted"></span><span id="probability"></span></div>
   <div id="bars"></div>
   <div class="images">

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from medlens._io import write_json
-from medlens.engine.run_folder import RunFolder
+from medlens.engine.run_folder import RUN_METRICS_SCHEMA_VERSION, RunFolder
 
 
 def member_seed(seed: int, index: int) -> int:
@@ -143,6 +143,7 @@ def _assemble(cfg, run_dir: Path, source, members: list[tuple[Path, dict]]) -> d
 def _write_metrics(cfg, run_dir: Path, source, members: list[tuple[Path, dict]], results: dict) -> dict:
     """The ensemble's ``metrics.json``: its val/test scores, with each member's beside them."""
     metrics = {
+        "schema_version": RUN_METRICS_SCHEMA_VERSION,
         "dataset": source.spec,
         "model": "ensemble",
         "member": cfg.model.name,
