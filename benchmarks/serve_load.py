@@ -22,8 +22,16 @@ requests (8 clients), sampled every 1,000; the growth must stay under ``--rss-bo
 Contention: every phase records ``others_share``, the CPU used by processes other than the
 server and this client / (wall seconds x cores), from ``/proc/stat``: near 0 on a quiet machine.
 
-Targets (from the issue): p50 single-image latency < 10 ms at concurrency 1 (ONNX Runtime,
-28-px model); RSS growth over 10,000 requests < 50 MB.
+Abuse (issue 20), last, on 127.0.0.1 only and bounded: ``--abuse-aborts`` uploads that send
+their headers and 4 KB of a declared 1 MB body, then hang up (in waves of 50); ``--abuse-slow``
+connections that send half a request's headers and wait (the server's header timeout closes
+them); ``--abuse-bombs`` concurrent 16-bit PNGs of 5,000 x 5,000 pixels (a few hundred KB each,
+50 MB of samples: just inside the default pixel budget). Meanwhile ``/healthz`` is asked every
+50 ms; recorded: its p99, the server's VmRSS peak (sampled, and VmHWM) and the tracebacks in its log.
+
+Targets (from the issues): p50 single-image latency < 10 ms at concurrency 1 (ONNX Runtime,
+28-px model); RSS growth over 10,000 requests < 50 MB; during the abuse phase /healthz p99 < 1 s,
+server memory peak < 1.5 GB, 0 tracebacks in the log.
 
 Results: ``benchmarks/results/serve_load.json`` (raw latencies summarised per run, machine,
 versions, git state) and a markdown table on stdout.
@@ -32,6 +40,8 @@ Usage:
     .venv/bin/python benchmarks/serve_load.py                # about 2-3 minutes
     .venv/bin/python benchmarks/serve_load.py --run runs/x   # serve an existing run
     .venv/bin/python benchmarks/serve_load.py --quick        # smoke run, about 40 s
+    .venv/bin/python benchmarks/serve_load.py --quick --concurrency 1 --rss-requests 100 \
+        --abuse-aborts 20 --abuse-slow 4 --abuse-bombs 1        # the smallest smoke run
 """
 
 from __future__ import annotations
@@ -62,6 +72,9 @@ from data_loading import git_info, machine_info  # noqa: E402 (shared benchmark 
 TARGET_P50_MS = 10.0
 RSS_REQUESTS = 10_000
 WARMUP_REQUESTS = 50
+TARGET_ABUSE_HEALTHZ_P99_S = 1.0
+TARGET_ABUSE_PEAK_MB = 1500.0
+BOMB_EDGE = 5000  # 16-bit: 25 M pixels, 50 MB of samples, the default budget of 50,000,000 bytes
 
 
 def _busy_cpu_seconds() -> float:
@@ -215,6 +228,114 @@ def start_server(run: Path, port: int, log: Path) -> tuple[subprocess.Popen, flo
         time.sleep(0.1)
 
 
+def _vm_hwm_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def bomb_png(edge: int = BOMB_EDGE) -> bytes:
+    """A 16-bit grayscale PNG of ``edge`` x ``edge`` that compresses to a few hundred KB (a smooth ramp)."""
+    from PIL import Image
+
+    ramp = (np.arange(edge, dtype=np.uint32) * 13 % 65536).astype(np.uint16)
+    image = Image.fromarray(np.broadcast_to(ramp, (edge, edge)).copy())
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", compress_level=9)
+    return buffer.getvalue()
+
+
+def _raw_connection(port: int) -> socket.socket:
+    assert port > 0
+    return socket.create_connection(("127.0.0.1", port), timeout=30)  # loopback only, by construction
+
+
+def abuse_phase(port: int, pid: int, log: Path, *, aborts: int, slow: int, bombs: int) -> dict:
+    """Aborted uploads, half-sent headers and 16-bit bombs at once, bounded; /healthz timed throughout."""
+    boundary = uuid.uuid4().hex
+    head = (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={boundary}"
+            f"\r\nContent-Length: 1000000\r\n\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+            f"filename=\"a.png\"\r\n\r\n").encode() + b"\x89PNG\r\n\x1a\n" + b"\x00" * 4096
+    bomb = bomb_png()
+    content_type, (bomb_body,) = multipart_bodies([bomb])
+    healthz: list[float] = []
+    rss_peak = [_vm_rss_bytes(pid)]
+    stop = threading.Event()
+    bomb_status: list[int] = []
+
+    def probe() -> None:
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                connection.request("GET", "/healthz")
+                connection.getresponse().read()
+                connection.close()
+            except OSError:
+                pass
+            healthz.append(time.perf_counter() - started)
+            rss_peak.append(_vm_rss_bytes(pid))
+            time.sleep(0.05)
+
+    def abort_waves() -> None:
+        for start in range(0, aborts, 50):
+            sockets = []
+            for _ in range(min(50, aborts - start)):
+                try:
+                    sock = _raw_connection(port)
+                    sock.sendall(head)
+                    sockets.append(sock)
+                except OSError:
+                    pass
+            for sock in sockets:
+                sock.close()
+            time.sleep(0.2)
+
+    def slow_headers() -> None:
+        sockets = []
+        for _ in range(slow):
+            try:
+                sock = _raw_connection(port)
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                sockets.append(sock)
+            except OSError:
+                pass
+        time.sleep(12)  # past the server's 10 s header timeout
+        for sock in sockets:
+            sock.close()
+
+    def one_bomb() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        connection.request("POST", "/v1/predict", body=bomb_body, headers={"Content-Type": content_type})
+        bomb_status.append(connection.getresponse().status)
+        connection.close()
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    time.sleep(0.5)
+    workers = [threading.Thread(target=abort_waves), threading.Thread(target=slow_headers),
+               *[threading.Thread(target=one_bomb) for _ in range(bombs)]]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(600)
+    seconds = time.perf_counter() - started
+    time.sleep(0.5)
+    stop.set()
+    prober.join(60)
+    text = log.read_text(errors="replace")
+    p99 = float(np.percentile(healthz, 99)) if healthz else float("nan")
+    peak = max(max(rss_peak), _vm_hwm_bytes(pid))
+    return {"aborts": aborts, "slow": slow, "bombs": bombs, "bomb_bytes": len(bomb), "bomb_status": bomb_status,
+            "seconds": round(seconds, 2), "healthz_requests": len(healthz), "healthz_p99_s": round(p99, 4),
+            "healthz_max_s": round(max(healthz), 4) if healthz else None, "rss_peak_mb": round(peak / 1e6, 1),
+            "tracebacks": text.count("Traceback"),
+            "met": {"healthz_p99": p99 < TARGET_ABUSE_HEALTHZ_P99_S, "rss_peak": peak / 1e6 < TARGET_ABUSE_PEAK_MB,
+                    "no_tracebacks": "Traceback" not in text}}
+
+
 def median_table(runs: list[dict], levels: list[int]) -> list[dict]:
     rows = []
     for level in levels:
@@ -241,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-requests", type=int, default=RSS_REQUESTS, help="requests of the memory phase (10000)")
     parser.add_argument("--rss-bound-mb", type=float, default=50.0, help="allowed VmRSS growth in MB (default 50)")
     parser.add_argument("--quick", action="store_true", help="1 repeat, 3 s per level, 2,000 memory requests")
+    parser.add_argument("--abuse-aborts", type=int, default=200, help="aborted uploads in the abuse phase (200)")
+    parser.add_argument("--abuse-slow", type=int, default=50, help="half-sent headers held open (50)")
+    parser.add_argument("--abuse-bombs", type=int, default=8, help="concurrent 16-bit 5,000 px PNG uploads (8)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "serve_load.json")
     args = parser.parse_args(argv)
     if args.quick:
@@ -312,6 +436,13 @@ def main(argv: list[str] | None = None) -> int:
                                 "growth_mb": growth_mb, "bound_mb": args.rss_bound_mb,
                                 "met": growth_mb < args.rss_bound_mb,
                                 "samples_mb": [(n, round(b / 1e6, 2)) for n, b in samples], **clock.record()}
+            with Contention(pid) as clock:
+                record["abuse"] = abuse_phase(port, pid, log, aborts=args.abuse_aborts, slow=args.abuse_slow,
+                                              bombs=args.abuse_bombs)
+            record["abuse"].update(clock.record())
+            print(f"abuse: /healthz p99 {record['abuse']['healthz_p99_s']:.3f} s, server peak "
+                  f"{record['abuse']['rss_peak_mb']:.0f} MB, {record['abuse']['tracebacks']} tracebacks, bombs "
+                  f"answered {record['abuse']['bomb_status']}", file=sys.stderr)
         finally:
             process.terminate()
             try:
@@ -323,7 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     one = next(row for row in record["table"] if row["concurrency"] == 1) if 1 in levels else None
     record["targets"] = {"p50_single_ms": TARGET_P50_MS,
                          "p50_single_met": one is not None and one["p50_ms"] < TARGET_P50_MS,
-                         "rss_growth_met": record["memory"]["met"]}
+                         "rss_growth_met": record["memory"]["met"],
+                         "abuse_healthz_p99_s": TARGET_ABUSE_HEALTHZ_P99_S, "abuse_peak_mb": TARGET_ABUSE_PEAK_MB,
+                         "abuse_met": record["abuse"]["met"]}
     with atomic_path(args.out) as tmp_out:
         tmp_out.write_text(json.dumps(record, indent=1, default=str) + "\n")
 

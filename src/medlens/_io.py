@@ -17,6 +17,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The temporary name is unique per process, so two writers never share it. On any error the
     temporary file (or folder) is removed and the error propagates; what was at ``path`` before
     stays untouched. Write through file handles (``np.save`` would append ``.npy`` to a name).
+    A process killed mid-write (``kill -9``, a full disk that ends it) cannot clean up: the next
+    write of the same file removes the temporary files that dead processes left beside it.
 
     Example:
         >>> import tempfile
@@ -28,6 +30,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         yield tmp
@@ -38,6 +41,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove ``.NAME.tmpPID`` files beside ``path`` whose process no longer runs."""
+    import glob
+
+    prefix = f".{path.name}.tmp"
+    for stale in path.parent.glob(glob.escape(prefix) + "*"):
+        pid = stale.name[len(prefix):]
+        if not pid.isdigit() or int(pid) == os.getpid() or _process_alive(int(pid)):
+            continue
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists (another user's), or we cannot tell: leave its file alone
+    return True
 
 
 def json_ready(value):

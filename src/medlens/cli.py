@@ -45,7 +45,7 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 1 user error, 2 usage error)."""
+    """Run the CLI; returns the exit code (0 ok, 1 user error, 2 usage error, 130 / 143 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.formatwarning = _format_warning
@@ -62,9 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"medlens: error: {message}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("medlens: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        # A run stopped by SIGINT / SIGTERM has said where it stopped and how to go on
+        # (engine.train.TrainingInterrupted); it exits 128 + the signal, 130 or 143.
+        if not getattr(exc, "message", None):
+            print("medlens: interrupted", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
 
 
 if __name__ == "__main__":

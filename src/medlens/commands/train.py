@@ -57,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
         best = f"members' best epochs {', '.join(map(str, best))}" if isinstance(best, list) else f"best epoch {best}"
         print(f"test ACC {test['acc']:.4f}  AUC {test['auc']:.4f}  ({best}) "
               f"-> {result.run_dir}")
+    if result.metrics.get("diverged"):
+        # Saved, but not a model to use: a scheduler must not count it a success.
+        print(f"medlens: error: {result.run_dir} is no better than chance: {result.metrics['diverged']}; "
+              "retrain with a lower --lr (its files are kept)", file=sys.stderr)
+        return 1
     return 0
 
 

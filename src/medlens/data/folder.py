@@ -8,7 +8,16 @@ Layouts understood, in a directory or a ``.zip`` (single wrapping folders are de
 Files are listed in sorted order, so the same folder gives the same arrays and splits on every
 machine. Every file is decoded and resized once; the decoded arrays are cached under
 ``cache_root()/folders`` keyed by the listing (names, sizes, times), the size and channel choice.
-Unreadable files are all reported by name in one error, or skipped and listed with ``skip_bad``.
+Unreadable files are all reported by name in one error, or skipped and listed with ``skip_bad``;
+so are entries of a folder that are not regular files (a FIFO, a device, a dangling symbolic link)
+where an image is expected. Hidden files are ignored, dangling or not.
+
+Archives are checked before a byte is inflated: an entry with an absolute path or a ``..``
+component is refused (it would land in another class, or outside the dataset, if unpacked), and
+so are members that declare more than :data:`MAX_MEMBER_BYTES`, archives whose members declare
+more than :data:`MAX_TOTAL_BYTES` together, and members compressed more than
+:data:`MAX_COMPRESSION_RATIO` to one (zip bombs). zipfile stops reading a member at the size it
+declares (and checks its CRC), so the declared sizes bound what is inflated.
 
 Example:
     >>> from medlens.data.folder import load_folder  # doctest: +SKIP
@@ -23,6 +32,7 @@ import hashlib
 import json
 import operator
 import os
+import stat as stat_kinds
 import warnings
 import zipfile
 import zlib
@@ -50,6 +60,17 @@ CACHE_VERSION = 2
 _IGNORED_NAMES = {"thumbs.db", "desktop.ini", ".ds_store"}
 _PARALLEL_MIN_FILES = 2000  # below this, process start-up costs more than it saves
 _CHUNK = 1000
+# Zip-bomb limits. A member: the largest medical image a folder dataset plausibly holds is a CT
+# volume (512 x 512 x 1,000 int16 = 0.5 GB uncompressed); the decoder then needs a few times that.
+MAX_MEMBER_BYTES = 1 << 30
+# All members together (declared, uncompressed): 64 GiB is ~ 20 million 28-px PNGs or 60,000
+# chest X-rays; an archive claiming more is refused before hours of inflating.
+MAX_TOTAL_BYTES = 64 << 30
+# Deflate reaches ~1,030:1 on constant data, what bombs are made of; images compress far less
+# (PNG/JPEG ~1:1, raw CT/MR volumes 2-10:1, mostly empty masks up to ~100:1). Checked only for
+# members over 1 MiB, where the ratio can cost memory.
+MAX_COMPRESSION_RATIO = 200
+_RATIO_MIN_BYTES = 1 << 20
 
 
 @dataclass
@@ -95,20 +116,66 @@ class _Tree:
                 )
             self.members: dict[str, str] = {}  # normalised name -> name inside the archive
             self.entries = {}
+            self.unreadable: dict[str, str] = {}  # relative path -> why it cannot be read (folders only)
             with zipfile.ZipFile(path) as archive:
-                for info in archive.infolist():
-                    if not info.is_dir():
-                        name = _normalise(info.filename)
-                        self.members[name] = info.filename
-                        self.entries[name] = (info.file_size, info.date_time)
+                infos = [info for info in archive.infolist() if not info.is_dir()]
+            _check_archive(path, infos)
+            for info in infos:
+                name = _normalise(info.filename)
+                self.members[name] = info.filename
+                self.entries[name] = (info.file_size, info.date_time)
         else:
             self.entries = {}
+            self.unreadable = {}
             for dirpath, dirnames, filenames in os.walk(path):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for name in filenames:
                     full = Path(dirpath, name)
-                    stat = full.stat()
-                    self.entries[full.relative_to(path).as_posix()] = (stat.st_size, stat.st_mtime_ns)
+                    rel = full.relative_to(path).as_posix()
+                    try:
+                        stat = full.stat()  # follows links: a dangling one raises
+                    except OSError as exc:
+                        self.entries[rel] = (-1, 0)
+                        self.unreadable[rel] = ("a dangling symbolic link" if full.is_symlink()
+                                                else exc.strerror or type(exc).__name__)
+                        continue
+                    self.entries[rel] = (stat.st_size, stat.st_mtime_ns)
+                    if not stat_kinds.S_ISREG(stat.st_mode):
+                        # Reading a FIFO blocks for ever, a device may never end: never opened.
+                        self.unreadable[rel] = "not a regular file (a FIFO, socket or device)"
+
+
+def _check_archive(path: Path, infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse unsafe entry names and zip bombs before anything is inflated (see the module docstring).
+
+    Raises:
+        ValueError: naming the entries (up to 5) and the limit they break.
+    """
+    def listed(names: list[str]) -> str:
+        return ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+    unsafe = []
+    for info in infos:
+        raw = info.filename.replace("\\", "/")
+        if raw.startswith("/") or (len(raw) > 1 and raw[1] == ":") or ".." in raw.split("/"):
+            unsafe.append(info.filename)
+    if unsafe:
+        raise ValueError(f"folder:{path} has entries with an absolute path or '..' ({listed(unsafe)}); they would "
+                         "leave the dataset's layout (an absolute entry becomes a class of its own): rebuild the "
+                         "archive with relative paths")
+    large = [i.filename for i in infos if i.file_size > MAX_MEMBER_BYTES]
+    if large:
+        raise ValueError(f"folder:{path}: {listed(large)} inflate(s) to more than {MAX_MEMBER_BYTES >> 20:,} MiB each, "
+                         "more than any image medlens reads (a zip bomb?)")
+    dense = [i.filename for i in infos if i.file_size > _RATIO_MIN_BYTES
+             and i.file_size > MAX_COMPRESSION_RATIO * max(i.compress_size, 1)]
+    if dense:
+        raise ValueError(f"folder:{path}: {listed(dense)} compressed more than {MAX_COMPRESSION_RATIO}:1, far more "
+                         "than images compress (a zip bomb?); unpack the archive yourself if it is genuine")
+    total = sum(i.file_size for i in infos)
+    if total > MAX_TOTAL_BYTES:
+        raise ValueError(f"folder:{path}: its members inflate to {total / (1 << 30):,.1f} GiB together, more than "
+                         f"the limit of {MAX_TOTAL_BYTES >> 30} GiB (a zip bomb?); unpack it yourself if it is genuine")
 
 
 def _normalise(name: str) -> str:
@@ -237,6 +304,13 @@ def _decode_chunk(args: tuple[str, bool, list[tuple[str, str]], int | None]) -> 
 
 
 def _decode_all(tree: _Tree, names: list[str], size: int | None, workers: int):
+    """Decoded ``(pixels, error, dims)`` per name; entries that cannot be opened are errors, never opened."""
+    readable = [n for n in names if n not in tree.unreadable]
+    decoded = dict(zip(readable, _decode_readable(tree, readable, size, workers), strict=True))
+    return [decoded[n] if n in decoded else (None, tree.unreadable[n], 0) for n in names]
+
+
+def _decode_readable(tree: _Tree, names: list[str], size: int | None, workers: int):
     pairs = [(tree.members[n] if tree.is_zip else n, n) for n in names]
     chunks = [(str(tree.path), tree.is_zip, pairs[i:i + _CHUNK], size) for i in range(0, len(pairs), _CHUNK)]
     if workers > 1 and len(names) >= _PARALLEL_MIN_FILES:

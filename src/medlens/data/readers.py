@@ -9,6 +9,15 @@ percentile range to 0-255, so brightness is comparable in shape, not in absolute
 across images; DICOM with a window uses the window (fixed units). Readers take bytes, so files inside a zip
 archive and on disk go through the same code. Every failure raises :class:`UnreadableImage` with a short reason.
 
+Privacy: DICOM headers carry patient names, ids and dates, and parsers quote element values in
+their errors and warnings (``could not convert string to float: 'DOE^JOHN'``). Every DICOM read
+goes through :func:`dicom_dataset`, which silences pydicom's warnings and log, and every failure
+reason leaves through :func:`safe_reason`, which gives only the exception's type for DICOM: no
+DICOM value reaches a message, a log, a cache file or a report.
+
+Warnings (``warnings.warn``, naming the file): NaN or infinite pixel values (set to 0 before
+scaling) and multi-page TIFF files (the first page is used).
+
 Output layout: 2D ``(H, W)`` grayscale or ``(H, W, 3)`` colour; 3D ``(D, H, W)``.
 
 Example:
@@ -21,9 +30,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
+import logging
 import re
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -75,13 +87,13 @@ def read_image(data: bytes, name: str, *, size: int | None) -> Decoded:
     suffix = file_suffix(name)
     try:
         if suffix in IMAGE_2D_SUFFIXES:
-            return Decoded(_read_pillow(data, size), 2)
+            return Decoded(_read_pillow(data, size, name), 2)
         if suffix in DICOM_SUFFIXES:
-            return Decoded(_gray_if_equal(_resize_2d(dicom_to_uint8(data), size)), 2)
+            return Decoded(_gray_if_equal(_resize_2d(dicom_to_uint8(data, name=name), size)), 2)
         if suffix in (".nii", ".nii.gz"):
-            return Decoded(_resize_3d(_to_uint8(_nifti_volume(data)), size), 3)
+            return Decoded(_resize_3d(_to_uint8(_nifti_volume(data), name=name), size), 3)
         if suffix == ".npy":
-            arr = _to_uint8(_npy_array(data))
+            arr = _to_uint8(_npy_array(data), name=name)
             if arr.ndim == 3 and arr.shape[-1] in (3, 4) and min(arr.shape[:2]) > 4:
                 # (H, W, 3|4): a colour picture, not a volume three slices deep (alpha dropped)
                 return Decoded(_gray_if_equal(_resize_2d(np.ascontiguousarray(arr[..., :3]), size)), 2)
@@ -91,18 +103,68 @@ def read_image(data: bytes, name: str, *, size: int | None) -> Decoded:
     except UnreadableImage:
         raise
     except Exception as exc:  # decoders raise many types (OSError, EOFError, struct.error, ...)
-        # Decoders name their in-memory stream ("<_io.BytesIO object at 0x...>"): say "the data" instead.
-        reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the data", f"{type(exc).__name__}: {exc}")
-        raise UnreadableImage(reason.splitlines()[0][:200]) from exc
+        raise UnreadableImage(safe_reason(exc, suffix)) from exc
     raise UnreadableImage(
         f"unsupported file type {suffix or '(none)'!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}"
     )
 
 
-def _read_pillow(data: bytes, size: int | None) -> np.ndarray:
+def safe_reason(exc: BaseException, suffix: str) -> str:
+    """A decoder's exception as a short reason that can be shown, logged and cached.
+
+    For DICOM (``suffix`` ``.dcm`` / ``.dicom``) only the exception's type: pydicom and the
+    conversions after it quote element values (patient names, ids) in their messages. For other
+    formats the first line of the message, with the in-memory stream's repr replaced.
+
+    Example:
+        >>> safe_reason(ValueError("could not convert string to float: 'DOE^JOHN'"), ".dcm")
+        'not a readable DICOM file (ValueError)'
+    """
+    if suffix in DICOM_SUFFIXES:
+        return f"not a readable DICOM file ({type(exc).__name__})"
+    # Decoders name their in-memory stream ("<_io.BytesIO object at 0x...>"): say "the data" instead.
+    reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the data", f"{type(exc).__name__}: {exc}")
+    return reason.splitlines()[0][:200]
+
+
+@contextlib.contextmanager
+def _dicom_quiet():
+    """pydicom's warnings and log lines quote element values (``Invalid value for VR DS: 'DOE'``): silence both."""
+    logger = logging.getLogger("pydicom")
+    level, logger.level = logger.level, logging.CRITICAL + 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def dicom_dataset(data: bytes, *, pixels: bool = True):
+    """``pydicom.dcmread`` of ``data`` with nothing of the file printed (see the module's privacy note).
+
+    Args:
+        data: the file's bytes.
+        pixels: also read the pixel data (False: the header only, which is cheap).
+    """
+    import pydicom
+
+    with _dicom_quiet():
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels, force=True)
+
+
+def dicom_header(data: bytes):
+    """The header of a DICOM file (no pixel data), read as :func:`dicom_dataset` reads."""
+    return dicom_dataset(data, pixels=False)
+
+
+def _read_pillow(data: bytes, size: int | None, name: str = "image") -> np.ndarray:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
+        pages = getattr(img, "n_frames", 1)
+        if pages > 1 and img.format == "TIFF":
+            warnings.warn(f"{name}: a multi-page TIFF ({pages} pages); only the first page is used", stacklevel=4)
         colour = img.mode in _COLOUR_MODES
         if size is not None and img.format == "JPEG":
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that is still >= size: much faster.
@@ -111,19 +173,19 @@ def _read_pillow(data: bytes, size: int | None) -> np.ndarray:
         if colour:
             img = img.convert("RGB")
         elif img.mode not in ("L",):
-            img = _pillow_gray_to_l(img)
+            img = _pillow_gray_to_l(img, name)
         if size is not None and img.size != (size, size):
             img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
         return _gray_if_equal(np.asarray(img))
 
 
-def _pillow_gray_to_l(img):
+def _pillow_gray_to_l(img, name: str = "image"):
     """16-bit / float / 1-bit grayscale to 8-bit, scaling by the image's own range."""
     if img.mode == "1":
         return img.convert("L")
     from PIL import Image
 
-    return Image.fromarray(_to_uint8(np.asarray(img, dtype=np.float32)))
+    return Image.fromarray(_to_uint8(np.asarray(img, dtype=np.float32), name=name))
 
 
 def _gray_if_equal(arr: np.ndarray) -> np.ndarray:
@@ -133,12 +195,20 @@ def _gray_if_equal(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale any numeric array to uint8: uint8 unchanged, else the 0.5-99.5 percentile range."""
+def _to_uint8(arr: np.ndarray, *, name: str = "image") -> np.ndarray:
+    """Scale any numeric array to uint8: uint8 unchanged, else the 0.5-99.5 percentile range.
+
+    NaN and infinite values are set to 0 first, with a warning naming ``name`` and the count
+    (a scanner's or converter's fault the user should know of: the zeros take part in scaling).
+    """
     if arr.dtype == np.uint8:
         return arr
     arr = np.asarray(arr, dtype=np.float32)
-    if not np.isfinite(arr).all():
+    finite = np.isfinite(arr)
+    if not finite.all():
+        bad = int(arr.size - np.count_nonzero(finite))
+        warnings.warn(f"{name}: {bad:,} NaN or infinite pixel value(s) of {arr.size:,} set to 0 before scaling",
+                      stacklevel=3)
         arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = np.percentile(arr, [0.5, 99.5]) if arr.size > 1000 else (arr.min(), arr.max())
     if hi <= lo:
@@ -166,7 +236,7 @@ def _resize_3d(arr: np.ndarray, size: int | None) -> np.ndarray:
     return np.clip(out, 0, 255).round().astype(np.uint8)
 
 
-def dicom_to_uint8(data: bytes) -> np.ndarray:
+def dicom_to_uint8(data: bytes, *, name: str = "image") -> np.ndarray:
     """Decode a single-frame DICOM into a displayable uint8 image.
 
     Steps, in the order the standard defines: modality LUT (rescale slope / intercept), then the
@@ -177,10 +247,13 @@ def dicom_to_uint8(data: bytes) -> np.ndarray:
     Returns:
         uint8 ``(H, W)``, or ``(H, W, 3)`` for colour DICOM.
     """
-    import pydicom
+    with _dicom_quiet():
+        return _dicom_pixels(dicom_dataset(data), name)
+
+
+def _dicom_pixels(ds, name: str) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut
 
-    ds = pydicom.dcmread(io.BytesIO(data), force=True)
     if "PixelData" not in ds:
         raise UnreadableImage("DICOM file has no pixel data")
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
@@ -188,7 +261,7 @@ def dicom_to_uint8(data: bytes) -> np.ndarray:
         raise UnreadableImage(f"multi-frame DICOM ({frames} frames) cannot be read as one 2D image")
     pixels = ds.pixel_array
     if pixels.ndim == 3 and pixels.shape[-1] == 3:  # colour (pydicom converts YBR to RGB)
-        return _to_uint8(pixels)
+        return _to_uint8(pixels, name=name)
     values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
     window = _dicom_window(ds)
     if window is not None:
@@ -196,7 +269,7 @@ def dicom_to_uint8(data: bytes) -> np.ndarray:
         lo = centre - width / 2.0
         image = (np.clip((values - lo) / width, 0.0, 1.0) * 255.0).round().astype(np.uint8)
     else:
-        image = _to_uint8(values)
+        image = _to_uint8(values, name=name)
     if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
         image = 255 - image
     return image

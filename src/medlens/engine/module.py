@@ -29,6 +29,10 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
+class NonFiniteLoss(ValueError):
+    """Training stopped: the loss of a batch was NaN or infinite."""
+
+
 class ClassifierModule(pl.LightningModule):
     """Trains ``model`` on uint8 batches.
 
@@ -117,8 +121,10 @@ class ClassifierModule(pl.LightningModule):
         logits = self.model(x)
         loss = self.loss(logits, target)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"the training loss became {loss.item()} at epoch {self.current_epoch}, "
-                                     f"batch {batch_index}: lower --lr or set --grad-clip")
+            # A ValueError, so the CLI says it in one line; the checkpoints of finished epochs stay.
+            raise NonFiniteLoss(f"the training loss became {loss.item()} at epoch {self.current_epoch}, "
+                                f"batch {batch_index}: lower --lr or set --grad-clip (the checkpoints of the "
+                                "epochs before it are kept)")
         self._train_images += len(images)
         self._loss_sum[0] += float(loss.detach()) * len(images)
         self._loss_sum[1] += len(images)

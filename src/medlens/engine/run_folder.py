@@ -15,6 +15,9 @@ One training run (``medlens train``) writes::
         last.safetensors + last.json      the last epoch                            .last, .last_card
         resume.safetensors + resume.json  optimizer, schedule, loops: for --resume  .resume_state, .resume_card
       metrics.json           at the end: best epoch, val and test ACC/AUC of the best checkpoint  .metrics
+      .train.lock            held (flock) while a process trains the run: a second trainer   .train_lock
+                             is refused (:meth:`RunFolder.training_lock`); the kernel frees it
+                             when the process dies, even by kill -9
 
 ``metrics.json`` carries ``schema_version`` (:data:`RUN_METRICS_SCHEMA_VERSION`, now 1): ``dataset``,
 ``model``, ``best_epoch`` (a list for an ensemble), ``monitor``, ``epochs_run``, ``seconds``,
@@ -68,10 +71,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 WEIGHTS_SUFFIX = ".safetensors"
@@ -118,7 +122,8 @@ class RunFolder:
     """The paths of one run folder (or group folder); see the module docstring for the layout.
 
     Properties only join paths: nothing touches the disk except :attr:`is_run`,
-    :attr:`is_finished`, :attr:`is_group`, :meth:`data_root` and :meth:`read_metrics`.
+    :attr:`is_finished`, :attr:`is_group`, :meth:`data_root`, :meth:`read_metrics` and
+    :meth:`training_lock`.
 
     Args:
         path: the run folder (need not exist yet).
@@ -392,6 +397,37 @@ class RunFolder:
     def tracking_artifacts(self) -> Path:
         """``mlflow-artifacts/`` in the folder holding the run, beside :attr:`tracking_db`."""
         return self.path.parent / "mlflow-artifacts"
+
+    @property
+    def train_lock(self) -> Path:
+        """``RUN/.train.lock``: locked while a process trains the run (see :meth:`training_lock`)."""
+        return self.path / ".train.lock"
+
+    @contextlib.contextmanager
+    def training_lock(self) -> Iterator[None]:
+        """Hold the run's lock for the block; refuse at once when another process holds it.
+
+        An OS lock (``flock`` through the ``filelock`` package), not a marker file: a killed
+        trainer (``kill -9``, a power cut) leaves no stale lock behind, so ``--resume`` after a
+        crash is never blocked, while two live trainers of one run (two ``--resume`` at once)
+        can never interleave their checkpoints.
+
+        Raises:
+            ValueError: another process trains this run now.
+        """
+        from filelock import FileLock, Timeout
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.train_lock), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise ValueError(f"{self.path} is being trained by another process now (it holds {self.train_lock.name}); "
+                             "wait for it to finish, or stop it and resume afterwards") from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     # ------------------------------------------------------------------ reading
 

@@ -47,6 +47,26 @@ def default_tracking_uri(run_dir: Path) -> str:
     return f"sqlite:///{RunFolder(Path(run_dir).resolve()).tracking_db}"
 
 
+def _store_lock(uri: str):
+    """A file lock around the first use of a SQLite MLflow store (a no-op context for other stores).
+
+    Two runs started together on a new ``mlflow.db`` both ran MLflow's schema migrations, and
+    one crashed (``alembic ... CommandError: Online migration expected to match one row``, 3 of
+    3 tries); both could also create the experiment. Under ``mlflow.db.lock`` the first creates
+    tables and experiment while the second waits, then finds them. Held only while the tracker
+    starts (a second or two), so a long run never blocks another.
+    """
+    import contextlib
+
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(db) + ".lock", timeout=300)
+
+
 def _flatten(prefix: str, value, out: dict) -> dict:
     if isinstance(value, dict):
         for key, inner in value.items():
@@ -73,6 +93,10 @@ class Tracker:
         if not self.enabled:
             return
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        with _store_lock(uri):
+            self._start(uri, run_dir, params, tags)
+
+    def _start(self, uri: str, run_dir: Path, params: dict, tags: dict | None) -> None:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)
@@ -92,7 +116,7 @@ class Tracker:
         # An ensemble member is named after its ensemble too: "breast/m0", not a bare "m0".
         ensemble = folder.ensemble
         name = f"{ensemble.path.name}/{folder.path.name}" if ensemble is not None else folder.path.name
-        run = self.client.create_run(experiment_id, run_name=name, tags=tags)
+        run = self.client.create_run(experiment_id, run_name=name, tags=tags)  # under the store's lock: tables exist
         self.run_id = run.info.run_id
         from mlflow.entities import Param
 

@@ -28,7 +28,9 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import warnings
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -42,6 +44,78 @@ from medlens.engine.config import RunConfig, load_run_config, write_yaml
 from medlens.engine.run_folder import RUN_METRICS_SCHEMA_VERSION, RunFolder
 
 log = logging.getLogger("medlens")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a run at a safe point; its resume state is that of the last finished epoch.
+
+    A ``KeyboardInterrupt`` so that nothing on the way up takes it for an error; the CLI exits
+    with :attr:`exit_code` (128 + the signal: 130 for SIGINT, 143 for SIGTERM), as a shell reports
+    a process ended by that signal, so a scheduler sees the run did not finish.
+    """
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+        self.message = message
+
+
+class _StopRequested(Exception):
+    """Raised inside the Lightning loop at the first batch boundary after a signal."""
+
+
+@contextlib.contextmanager
+def _signals_stop_training(received: dict):
+    """SIGINT and SIGTERM set ``received["signum"]`` instead of ending the process (main thread only).
+
+    A second signal of either kind ends the process the usual way (the user insists).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        if "signum" in received:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+            signal.raise_signal(signum)
+            return
+        received["signum"] = signum
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _signal_stop_callback(received: dict):
+    """A Lightning callback that stops the loop at the first batch boundary after a signal.
+
+    Stopping between batches, rather than finishing the epoch, keeps a kill by the scheduler's
+    grace period from landing mid-save; the resume state on disk is the last finished epoch's
+    (saved whole at every epoch end), from which ``--resume`` continues bit-identically.
+    """
+    from lightning.pytorch.callbacks import Callback
+
+    class SignalStop(Callback):
+        def _check(self) -> None:
+            if "signum" in received:
+                raise _StopRequested()
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self._check()
+
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+            self._check()
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self._check()
+
+    return SignalStop()
 
 
 @dataclass(frozen=True)
@@ -178,8 +252,10 @@ def _run(config: RunConfig, run_dir: Path, *, resume: bool, source=None, on_epoc
          tracking_tags: dict | None = None) -> TrainResult:
     rank = _global_rank()
     with run_log(run_dir, rank):
-        return _train_in(config, run_dir, resume=resume, rank=rank, source=source, on_epoch=on_epoch,
-                         tracking_tags=tracking_tags)
+        # The main process holds the run's lock: a second trainer of this run is refused at once.
+        with RunFolder(run_dir).training_lock() if rank == 0 else contextlib.nullcontext():
+            return _train_in(config, run_dir, resume=resume, rank=rank, source=source, on_epoch=on_epoch,
+                             tracking_tags=tracking_tags)
 
 
 @contextlib.contextmanager
@@ -257,18 +333,32 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
     recorder = RunRecorder(run_dir, card, cfg.train.monitor, cfg.train.monitor_mode, tracker, logit_shift,
                            patience=cfg.train.early_stop, progress=progress,
                            say=lambda message: print(message, file=sys.stderr, flush=True))
-    trainer = _trainer(cfg, run_dir, recorder, progress, on_epoch=on_epoch)
+    received: dict = {}
+    trainer = _trainer(cfg, run_dir, recorder, progress, on_epoch=on_epoch,
+                       extra_callbacks=[_signal_stop_callback(received)])
     folder = RunFolder(run_dir)
     status = "FAILED"
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(folder.resume_state) if resume else None)
+        with _signals_stop_training(received):
+            try:
+                trainer.fit(module, datamodule=datamodule, ckpt_path=str(folder.resume_state) if resume else None)
+            except BaseException:
+                if "signum" not in received:
+                    raise
+                # Ours (_StopRequested) or Lightning's own SIGTERMException (a SystemExit that
+                # would exit 0): either way the run stopped at a batch boundary.
+        if "signum" in received:
+            status = "KILLED"
+            raise _interrupted(run_dir, received["signum"], len(recorder.rows), rank)
         status = "FINISHED"
     finally:
         if rank == 0 and status != "FINISHED":
-            tracker.finish([], status="FAILED")
+            tracker.finish([], status=status)
     if not trainer.is_global_zero:
         return TrainResult(run_dir, {}, folder.best)
     metrics = _final_metrics(run_dir, source, source.info.task, recorder, spatial_dims, cfg)
+    if metrics.get("diverged"):
+        say(f"warning: {run_dir} is no better than chance: {metrics['diverged']}", rank)
     tracker.log_metrics({f"{split}_{k}": v for split in ("val", "test") for k, v in metrics[split].items()},
                         step=metrics["epochs_run"])
     tracker.finish([folder.metrics, folder.config, folder.history, folder.best_card])
@@ -290,6 +380,15 @@ def _check_memory(cfg: RunConfig, model, source) -> None:
     log.info("memory estimate: %s", estimate.describe())
     check_memory(estimate, total=machine_memory(device), share=cfg.train.memory_share,
                  batch_size=cfg.data.batch_size, size=source.size, spatial_dims=source.splits["train"].images.ndim - 2)
+
+
+def _interrupted(run_dir: Path, signum: int, epochs_done: int, rank: int) -> TrainingInterrupted:
+    """The exception (and the line said) for a run stopped by ``signum`` after ``epochs_done`` epochs."""
+    folder = RunFolder(run_dir)
+    resumable = folder.ensemble.path if folder.ensemble is not None else run_dir  # an ensemble resumes whole
+    message = f"interrupted after epoch {epochs_done}; continue with `medlens train --resume {resumable}`"
+    say(f"{signal.Signals(signum).name}: {message}", rank)
+    return TrainingInterrupted(signum, message)
 
 
 def _announce(cfg: RunConfig, source, loss_name: str, class_weights, logit_shift, rank: int) -> None:
@@ -354,9 +453,10 @@ def _prepare_model(model, cfg: RunConfig, source, normalisation, run_dir: Path, 
     return model
 
 
-def _trainer(cfg: RunConfig, run_dir: Path, recorder, progress=None, *, on_epoch=None):
-    """The Lightning trainer of the run: the recorder (which also stops early), medlens's progress display
-    and the per-epoch hook.
+def _trainer(cfg: RunConfig, run_dir: Path, recorder, progress=None, *, on_epoch=None,
+             extra_callbacks: list | None = None):
+    """The Lightning trainer of the run: the recorder (which also stops early), medlens's progress display,
+    the per-epoch hook and ``extra_callbacks`` (run before the recorder).
 
     Lightning's progress bar is always off: :class:`~medlens.engine.callbacks.EpochProgress` is the
     one display (a bar per epoch on a terminal, a plain line per epoch elsewhere).
@@ -365,7 +465,7 @@ def _trainer(cfg: RunConfig, run_dir: Path, recorder, progress=None, *, on_epoch
 
     from medlens.engine.checkpoint import safetensors_checkpoint_io
 
-    callbacks = [recorder] + ([progress] if progress is not None else [])
+    callbacks = [*(extra_callbacks or []), recorder] + ([progress] if progress is not None else [])
     if on_epoch is not None:
         from medlens.engine.callbacks import EpochHook
 
@@ -471,7 +571,28 @@ def score(model: torch.nn.Module, card, source, task) -> dict:
             "auc": roc_auc_score(predictions.y_true, predictions.y_score, task=task),
             "n": len(predictions.y_true),
         }
+        if split == "val":
+            results["diverged"] = _no_better_than_chance(np.asarray(predictions.y_score))
     return results
+
+
+def _no_better_than_chance(scores: np.ndarray) -> str | None:
+    """Why validation scores ``(N, K)`` cannot tell images apart, or None when they can.
+
+    The sign of a diverged run (loss 1e30, AUC exactly .5): non-finite scores, or the same
+    scores for every image (every ranking a tie). A weak model that ranks images at all (an AUC
+    under .5 on a small split is possible by chance) is not flagged: that is a poor model, not
+    a broken run, and no threshold on a test or validation metric is chosen here.
+    """
+    if scores.size == 0:
+        return None
+    if not np.isfinite(scores).all():
+        return "its validation scores are not finite (NaN or infinite)"
+    spread = float((scores.max(axis=0) - scores.min(axis=0)).max())
+    # float32 probabilities: a spread below 1e-6 is rounding, not a ranking.
+    if spread < 1e-6:
+        return "it gives every validation image the same scores (AUC 0.5 by ties): the training diverged"
+    return None
 
 
 def _final_metrics(run_dir: Path, source, task, recorder, spatial_dims: int, cfg: RunConfig) -> dict:
@@ -481,6 +602,7 @@ def _final_metrics(run_dir: Path, source, task, recorder, spatial_dims: int, cfg
     best = RunFolder(run_dir).best
     model, card = load_model(best)
     results = score(model, card, source, task)
+    diverged = results.pop("diverged")
     save_model(model, replace(card, metrics={**card.metrics, **results}), best)
     history = recorder.rows
     metrics = {
@@ -496,6 +618,8 @@ def _final_metrics(run_dir: Path, source, task, recorder, spatial_dims: int, cfg
         "val": results["val"],
         "test": results["test"],
     }
+    if diverged:
+        metrics["diverged"] = diverged  # the CLI exits non-zero; the folder is kept for a look
     write_json(RunFolder(run_dir).metrics, metrics)  # NaN (an undefined AUC) as null
     return metrics
 

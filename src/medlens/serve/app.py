@@ -78,13 +78,15 @@ DEFAULT_MAX_PIXELS = 50_000_000
 # A whole upload must arrive within this: 10 MiB (the default body limit) at 2 Mbit/s takes 42 s.
 # Without it a client sending a byte a minute holds a connection (and its buffer) for ever.
 DEFAULT_UPLOAD_TIMEOUT = 60.0
-# Peak memory of one decode per byte its header declares: the 16-bit PNG bomb of issue 20 (50 M
-# pixels, 100 MB of samples) peaked at 0.45 GB, 4.5x (Pillow's image, the float32 copy, the
-# percentile's partition copy, the scaled result). Used to weigh decodes against the budget.
-DECODE_PEAK_PER_BYTE = 4.5
+# Peak memory of one decode per byte its header declares, measured: one 16-bit 5,000 x 5,000 PNG
+# (50 MB of samples) raised the server's peak RSS by ~585 MB, 11.7x (Pillow's 32-bit image, the
+# float32 copy, the percentile's partition copy, the scaling temporaries); the issue's probe saw
+# 0.45 GB for a 50 M-pixel one. Used to weigh each decode against the budget.
+DECODE_PEAK_PER_BYTE = 12
 # What all decodes in flight may take together, at most: a quarter of the memory available at
-# start-up, and no more than 1 GiB (a server of 2 GB stays up under a storm of bombs).
-MAX_DECODE_BUDGET = 1 << 30
+# start-up, and no more than 768 MiB: the served process itself takes ~0.57 GB (benchmarks/README),
+# so under a storm of bombs it stays below the 1.5 GB that issue 20 sets.
+MAX_DECODE_BUDGET = 768 * MiB
 UPLOAD_FIELD = "files"
 # Images per model call when concurrent requests are stacked (bounds one call's memory and latency).
 MAX_BATCH = 64
@@ -464,7 +466,7 @@ def available_memory() -> int:
 
 
 def default_decode_budget() -> int:
-    """What decodes in flight may take together: a quarter of the available memory, at most 1 GiB."""
+    """What decodes in flight may take together: a quarter of the available memory, at most 768 MiB."""
     return max(64 * MiB, min(MAX_DECODE_BUDGET, available_memory() // 4))
 
 
@@ -813,7 +815,7 @@ def create_app(predictor, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, m
             DNS name to this server's address is refused with 400. None (default): any host.
         upload_timeout: seconds a request body may take to arrive (default 60); slower answer 408.
         decode_budget: bytes all decodes in flight may take together (see :class:`_DecodeBudget`);
-            None (default): a quarter of the available memory, at most 1 GiB.
+            None (default): a quarter of the available memory, at most 768 MiB.
 
     Returns:
         The FastAPI app; serve it with uvicorn (with :func:`server_settings`). Its lifespan warms

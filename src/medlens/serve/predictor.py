@@ -178,7 +178,8 @@ class Predictor:
     """
 
     def __init__(self, card, *, backend: str, weights: Path, model=None, session=None,
-                 served_sha256: str | None = None, weights_sha256: str | None = None) -> None:
+                 served_sha256: str | None = None, weights_sha256: str | None = None,
+                 served_file: Path | None = None) -> None:
         """Use :meth:`load`; this takes already-loaded parts.
 
         Args:
@@ -191,6 +192,7 @@ class Predictor:
                 the weights file's.
             weights_sha256: SHA-256 of ``weights`` as checked at load; Grad-CAM loads them
                 later only if they still hash to it. None: not checked.
+            served_file: the file that answers (named in :attr:`info`); None: ``weights``.
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -204,6 +206,7 @@ class Predictor:
         self._lock = threading.Lock()
         self._version: str | None = served_sha256[:12] if served_sha256 else None
         self._weights_sha256 = weights_sha256
+        self._served_file = Path(served_file) if served_file is not None else self._weights
         self._task = None
 
     @classmethod
@@ -252,7 +255,7 @@ class Predictor:
             raise ValueError(f"{onnx_file} is not the file that was exported (its SHA-256 differs from the one in "
                              f"{onnx_card.name}); run `medlens export {folder.path} --format onnx` again")
         return cls(card, backend="onnx", weights=weights, session=_onnx_session(onnx_file),
-                   served_sha256=onnx_sha256, weights_sha256=weights_sha256)
+                   served_sha256=onnx_sha256, weights_sha256=weights_sha256, served_file=onnx_file)
 
     # ------------------------------------------------------------------ decoding
 
@@ -440,7 +443,7 @@ class Predictor:
             "medlens_version": card.versions.get("medlens"),
             "backend": self.backend,
             "version": self.version,
-            "served_file": (self._weights.name if self.backend == "torch" else "model.onnx"),
+            "served_file": self._served_file.name,
         })
 
 

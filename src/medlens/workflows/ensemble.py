@@ -131,6 +131,7 @@ def _assemble(cfg, run_dir: Path, source, members: list[tuple[Path, dict]]) -> d
         slot.load_state_dict(model.state_dict())
     ensemble.eval()
     results = score(ensemble, first, source, source.info.task)
+    results.pop("diverged", None)  # the members' own runs say so
     card = replace(first, architecture="ensemble", model_kwargs=kwargs, config=cfg.to_dict(),
                    metrics={"members": [m for _, m in members], "best_epoch": [m["best_epoch"] for _, m in members],
                             **results})
