@@ -310,9 +310,10 @@ def _requeue_dead_trials(study, storage, say) -> None:
     retry = _retry()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid, run_dir = trial.user_attrs.get("pid"), trial.user_attrs.get("run_dir")
-        # Ours for sure only if it ran here: same host name, and its run folder on this disk
-        # (containers on two machines can share a host name); otherwise the heartbeat decides.
-        mine = trial.user_attrs.get("host") == host and run_dir is not None and Path(run_dir).is_dir()
+        # Ours for sure only if it ran here: same host name, and its tune folder (OUT of
+        # OUT/trials/NNN) on this disk (containers on two machines can share a host name);
+        # otherwise the heartbeat decides.
+        mine = trial.user_attrs.get("host") == host and run_dir is not None and Path(run_dir).parents[1].is_dir()
         if not mine or pid is None or _alive(pid):
             continue
         storage.set_trial_system_attr(trial._trial_id, "fail_reason", f"its worker (pid {pid}) died")
