@@ -146,7 +146,7 @@ def _with_interval(metrics: dict, name: str) -> str:
 def _external_section(run: Path) -> str:
     """Evaluations of this run on other data (``evaluate --data``), each marked as external validation."""
     rows = []
-    for path in sorted((RunFolder(run).path / "eval").glob("*@*/metrics.json")):
+    for path in RunFolder(run).other_data_metrics():
         try:
             metrics = json.loads(path.read_text())
         except (OSError, ValueError):
