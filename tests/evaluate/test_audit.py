@@ -122,6 +122,12 @@ def test_train_evaluate_by_and_external_data_on_manifests(tmp_path, capsys):
     assert (reordered["acc"], reordered["auc"]) == (external["acc"], external["auc"])
     assert reordered["confusion"] == external["confusion"]
 
+    from medlens.report.html import build_report
+
+    page = build_report(run, gallery=0, explain=False, n_bootstrap=50, figures=False).read_text()
+    assert "<h2>External validation</h2>" in page and "csv:" in page.split("External validation")[1]
+    assert "<h2>Subgroups</h2>" in page and "AUC by subgroup" in page  # audited by default: the run has metadata
+
     # a folder whose classes are the model's in another order is renumbered by name
     for name, level in (("pos", 200), ("neg", 50)):
         (tmp_path / "folder" / name).mkdir(parents=True)

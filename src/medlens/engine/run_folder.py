@@ -292,7 +292,7 @@ class RunFolder:
         """``eval/<split>/`` (the run's own data), or ``eval/<split>@<data>/`` for other data.
 
         Args:
-            split: ``train``, ``val`` or ``test``.
+            split: ``train``, ``val``, ``test`` or ``all``.
             data: a short, file-name-safe name of other data evaluated on (None: the run's own).
         """
         return self.path / "eval" / (split if data is None else f"{split}@{data}")
@@ -300,6 +300,10 @@ class RunFolder:
     def eval_metrics(self, split: str, data: str | None = None) -> Path:
         """``eval/<split>[@<data>]/metrics.json``: every metric of an evaluation."""
         return self.eval_dir(split, data) / "metrics.json"
+
+    def other_data_metrics(self) -> list[Path]:
+        """``eval/<split>@<data>/metrics.json`` of every evaluation on other data, sorted (external validation)."""
+        return sorted((self.path / "eval").glob("*@*/metrics.json"))
 
     def eval_predictions(self, split: str, data: str | None = None) -> Path:
         """``eval/<split>[@<data>]/predictions.csv``: one row per image."""

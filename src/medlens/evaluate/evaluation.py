@@ -209,6 +209,7 @@ def _resized(split, size: int):
 
 def _slug(text: str) -> str:
     text = re.sub(r"@\d+$", "", text)  # the size suffix of a resolved spec
+    text = re.sub(r"\.(csv|tsv|tab)$", "", text, flags=re.IGNORECASE)  # a manifest is named by its stem
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text.split(":", 1)[-1].rstrip("/").split("/")[-1]).strip("_") or "data"
 
 

@@ -97,6 +97,7 @@ def _run_sections(run: Path, *, gallery: int, split: str, explain: bool, n_boots
         _plots("ROC, precision-recall and calibration", [*roc_pr_figures(metrics), reliability_figure(metrics)]),
         _published_section(card.dataset.get("spec", ""), metrics["auc"], metrics["acc"], metrics.get("ci", {})),
         _subgroup_section(metrics),
+        _external_section(run),
         _gallery_section(evaluation, limit=gallery, explain=explain) if gallery else "",
     ]
     return sections, f"medlens report: {run.name}"
@@ -135,6 +136,34 @@ def _subgroup_section(metrics: dict) -> str:
     plot = _plots("", [forest_figure({**subgroups, "whole_auc": metrics["auc"]})]).replace("<section><h2></h2>", "")
     plot = plot.removesuffix("</section>")
     return f"<section><h2>Subgroups</h2>{note}{plot}{table}</section>"
+
+
+def _with_interval(metrics: dict, name: str) -> str:
+    """``0.812 [0.790, 0.833]`` from an evaluation's value and bootstrap interval (the value alone without one)."""
+    entry = metrics.get("ci", {}).get(name) or {}
+    interval = f" [{_fmt(entry['lower'])}, {_fmt(entry['upper'])}]" if entry.get("lower") is not None else ""
+    return _fmt(metrics.get(name)) + interval
+
+
+def _external_section(run: Path) -> str:
+    """Evaluations of this run on other data (``evaluate --data``), each marked as external validation."""
+    rows = []
+    for path in RunFolder(run).other_data_metrics():
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not metrics.get("external"):
+            continue
+        rows.append([metrics.get("data", "?"), metrics.get("split", "?"), str(metrics.get("n", "?")),
+                     _with_interval(metrics, "acc"), _with_interval(metrics, "auc"),
+                     _fmt(metrics.get("per_class", {}).get("balanced_accuracy"))])
+    if not rows:
+        return ""
+    table = _table(["data", "split", "n", "ACC [95% CI]", "AUC [95% CI]", "balanced accuracy"], rows)
+    return ("<section><h2>External validation</h2><p>This model evaluated on data it was not trained or "
+            "selected on (<code>medlens evaluate --data</code>); split <code>all</code> is every image of "
+            f"that data.</p>{table}</section>")
 
 
 def _group_sections(parent: Path) -> tuple[list[str], str]:
@@ -329,7 +358,10 @@ def _metrics_section(metrics: dict) -> str:
             f"macro F1 {with_ci('macro_f1', per_class['macro']['f1'])}</p>"
             f"<p>balanced accuracy {_fmt(per_class['balanced_accuracy'])} · "
             f"{'quadratic-weighted ' if per_class.get('kappa_weights') == 'quadratic' else ''}Cohen's kappa "
-            f"{_fmt(per_class['kappa'])} · ECE {_fmt(metrics['calibration']['ece'])} · Brier "
+            f"{_fmt(per_class['kappa'])}"
+            + (f" · mean absolute grade error {_fmt(metrics['ordinal']['mean_absolute_grade_error'])}"
+               if metrics.get("ordinal") else "")
+            + f" · ECE {_fmt(metrics['calibration']['ece'])} · Brier "
             f"{_fmt(metrics['calibration']['brier'])} · n = {metrics['n']}"
             + (f" · 95% CIs from {next(iter(ci.values()))['n_resamples']} stratified bootstrap resamples" if ci else "")
             + "</p>")
