@@ -198,3 +198,13 @@ def test_pretrained_finetune_beats_scratch_in_the_first_epoch(medmnist_root, tmp
     images = torch.randint(0, 255, (2, 1, 28, 28), dtype=torch.uint8)
     heat = gradcam(model, InferenceModel.from_card(model, card).normalise(images))
     assert heat.shape == (2, 28, 28) and np.isfinite(heat).all() and model.gradcam_layer == "_blocks.4.10._project_conv"
+
+
+def test_cli_refuses_a_bad_pretrained_source_in_one_line(tmp_path, capsys):
+    from medlens.cli import main
+
+    code = main(["train", "breastmnist", "--out", str(tmp_path / "r"), "--pretrained", "imagenet21k"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1
+    assert "model.pretrained must be none, imagenet, hf:REPO[:FILE] or file:PATH; got 'imagenet21k'" in err
+    assert not (tmp_path / "r").exists()

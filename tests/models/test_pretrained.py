@@ -293,3 +293,34 @@ def test_hub_download_cache_hit_and_offline_error(tmp_path):
         assert "hf download timm/resnet50.test model.safetensors" in error and "\n" not in error
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize(("input_size", "min_size", "layer", "edge"), [
+    (28, 64, "_blocks.4.10._project_conv", 4),    # 64 px: stage 5 and later are 2 x 2
+    (224, 64, "_blocks.6.15._project_conv", 7),   # 224 px: every stage keeps >= 4 px, the last is explained
+])
+def test_default_gradcam_layer_is_the_deepest_map_of_at_least_4_px(input_size, min_size, layer, edge):
+    model = _lite0(input_size=input_size, min_size=min_size).eval()
+    assert model.gradcam_layer == layer
+    captured = {}
+    model.get_submodule(layer).register_forward_hook(lambda m, a, out: captured.update(shape=out.shape))
+    with torch.no_grad():
+        model(torch.zeros(1, 1, input_size, input_size))
+    assert tuple(captured["shape"][2:]) == (edge, edge)
+
+
+def test_onnx_graph_does_the_upsampling_too(tmp_path):
+    """The resize to min_size is inside the model, so the exported graph takes 28 px uint8 images as they are."""
+    pytest.importorskip("onnxruntime")
+    from medlens.data.augment import Normalisation
+    from medlens.data.registry import Task
+    from medlens.inference import InferenceModel
+    from medlens.serve.onnx_export import INPUT_NAME, OUTPUT_NAME, _export, _onnx_session
+
+    mean, std = imagenet_normalisation(1)
+    graph = InferenceModel(_lite0().eval(), Normalisation(mean, std), task=Task.BINARY, spatial_dims=2).eval()
+    images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    _export(graph, images[:2], tmp_path / "m.onnx")
+    got = _onnx_session(tmp_path / "m.onnx").run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, graph(images).numpy(), atol=1e-4)
