@@ -25,6 +25,8 @@ Later commands add, each atomically::
 
       eval/<split>/          medlens evaluate: metrics.json, predictions.csv and the   .eval_dir(split)
                              MedMNIST result file; eval/<split>@<data>/ for --data   .eval_dir(split, data)
+      eval/robustness/       medlens robustness: metrics.json (every corruption and   .robustness_metrics
+                             severity) and examples.png (one image per severity)      .robustness_examples
       export/model.onnx      medlens export: the ONNX graph                           .onnx
       export/model.json      its card: the model card, the checkpoint's SHA-256 and the check  .onnx_card
       report.html            medlens report                                           .report
@@ -282,6 +284,21 @@ class RunFolder:
     def eval_predictions(self, split: str, data: str | None = None) -> Path:
         """``eval/<split>[@<data>]/predictions.csv``: one row per image."""
         return self.eval_dir(split, data) / "predictions.csv"
+
+    @property
+    def robustness_dir(self) -> Path:
+        """``eval/robustness/``: the test split under each corruption and severity."""
+        return self.path / "eval" / "robustness"
+
+    @property
+    def robustness_metrics(self) -> Path:
+        """``eval/robustness/metrics.json``: ACC, AUC, balanced accuracy, ECE per corruption and severity."""
+        return self.robustness_dir / "metrics.json"
+
+    @property
+    def robustness_examples(self) -> Path:
+        """``eval/robustness/examples.png``: one test image under every corruption and severity."""
+        return self.robustness_dir / "examples.png"
 
     @property
     def export_dir(self) -> Path:
