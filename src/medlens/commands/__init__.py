@@ -8,6 +8,6 @@ the library loads when a command runs.
 
 # In ``medlens --help`` order.
 COMMANDS: tuple[str, ...] = (
-    "datasets", "fetch", "preview", "models", "train", "evaluate", "robustness", "cv", "compare", "bench", "report",
-    "explain", "predict", "export", "serve",
+    "datasets", "fetch", "preview", "models", "train", "evaluate", "robustness", "ood", "cv", "compare", "bench",
+    "report", "explain", "predict", "export", "serve",
 )

@@ -14,6 +14,7 @@ One training run (``medlens train``) writes::
         best.safetensors + best.json      best by train.monitor; the model card     .best, .best_card
         last.safetensors + last.json      the last epoch                            .last, .last_card
         resume.safetensors + resume.json  optimizer, schedule, loops: for --resume  .resume_state, .resume_card
+        ood.safetensors + ood.json        the out-of-distribution detector of best  .ood, .ood_card
       metrics.json           at the end: best epoch, val and test ACC/AUC of the best checkpoint  .metrics
 
 An ensemble (``train.members`` K > 1) holds ``config.yaml``, ``splits.json``, ``train.log``,
@@ -244,6 +245,16 @@ class RunFolder:
     def resume_card(self) -> Path:
         """``checkpoints/resume.json``: the JSON half of the training state."""
         return sidecar(self.resume_state)
+
+    @property
+    def ood(self) -> Path:
+        """``checkpoints/ood.safetensors``: the out-of-distribution detector fitted on the best model."""
+        return self.checkpoint("ood")
+
+    @property
+    def ood_card(self) -> Path:
+        """``checkpoints/ood.json``: the detector's card (threshold, share, the weights it fits)."""
+        return sidecar(self.ood)
 
     @property
     def weights(self) -> Path:

@@ -236,6 +236,7 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
     if not trainer.is_global_zero:
         return TrainResult(run_dir, {}, folder.best)
     metrics = _final_metrics(run_dir, source, source.info.task, recorder, spatial_dims, cfg)
+    _fit_ood(run_dir, source, rank)
     tracker.log_metrics({f"{split}_{k}": v for split in ("val", "test") for k, v in metrics[split].items()},
                         step=metrics["epochs_run"])
     tracker.finish([folder.metrics, folder.config, folder.history, folder.best_card])
@@ -418,6 +419,19 @@ def score(model: torch.nn.Module, card, source, task) -> dict:
             "n": len(predictions.y_true),
         }
     return results
+
+
+def _fit_ood(run_dir: Path, source, rank: int) -> None:
+    """Fit the out-of-distribution detector of the best checkpoint (issue 19; :mod:`medlens.engine.ood`)."""
+    from medlens.engine.ood import fit_run_detector
+
+    try:
+        card = fit_run_detector(run_dir, source=source)
+    except ValueError as exc:  # a model without one classifier layer: the run stands, without flags
+        say(f"no out-of-distribution detector: {exc}", rank)
+        return
+    say(f"out-of-distribution detector: threshold flags {card['val_flagged']:.1%} of val, "
+        f"{card['test_flagged']:.1%} of test", rank)
 
 
 def _final_metrics(run_dir: Path, source, task, recorder, spatial_dims: int, cfg: RunConfig) -> dict:

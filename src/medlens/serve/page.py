@@ -6,7 +6,8 @@ wheel without packaging configuration.
 
 Stable element ids (tests and scripts rely on them): ``#file`` (the file input), ``#drop`` (drop
 zone), ``#api-key``, ``#status``, ``#error``, ``#model``, ``#result`` (hidden until a result),
-``#predicted``, ``#probability``, ``#bars`` (one ``.bar`` row per class, ``data-class`` = name),
+``#ood-warning`` (shown when the image is flagged out-of-distribution), ``#predicted``, ``#probability``,
+``#bars`` (one ``.bar`` row per class, ``data-class`` = name),
 ``#heatmap`` (Grad-CAM overlay), ``#preview`` and ``#timing``. ``body[data-state]`` is ``idle``,
 ``busy``, ``done`` or ``error``.
 
@@ -34,6 +35,7 @@ details { margin: .8rem 0; font-size: .9rem; }
 #error { color: #a4161a; background: #fde8e8; border-radius: .4rem; padding: .6rem .8rem; }
 #result { background: #fff; border-radius: .6rem; padding: 1rem 1.2rem; box-shadow: 0 1px 3px #0002; }
 #predicted { font-size: 1.5rem; font-weight: 600; }
+#ood-warning { color: #7a4b00; background: #fff4d6; border-radius: .4rem; padding: .6rem .8rem; margin-bottom: .6rem; }
 #probability { color: #56606d; margin-left: .5rem; }
 .bar { display: grid; grid-template-columns: 11rem 1fr 4.2rem; gap: .6rem; align-items: center; margin: .35rem 0; }
 .bar .name { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
@@ -133,6 +135,8 @@ async function classify(file) {
   }
   if (!response.ok) { showError(body.error || ("HTTP " + response.status)); return; }
   const prediction = body.predictions[0];
+  // Out-of-distribution flag (issue 19): the image is unlike the training images.
+  $("ood-warning").hidden = prediction.ood !== true;
   $("predicted").textContent = prediction.predicted;
   $("probability").textContent = (100 * prediction.probability).toFixed(1) + " %";
   renderBars(prediction.probabilities, prediction.predicted);
@@ -177,6 +181,8 @@ _BODY = """
 <div id="status" role="status" aria-live="polite"></div>
 <div id="error" role="alert" hidden></div>
 <section id="result" hidden>
+  <div id="ood-warning" role="alert" hidden>This image is unlike the images the model was trained on
+    (out-of-distribution score above its threshold): the prediction below may not hold.</div>
   <div><span id="predicted"></span><span id="probability"></span></div>
   <div id="bars"></div>
   <div class="images">
