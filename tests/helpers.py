@@ -13,7 +13,8 @@ def single_line(exc: BaseException) -> str:
 # Every file of a finished single run folder (see the run-folder layout).
 RUN_FILES = ["config.yaml", "splits.json", "history.csv", "train.log", "metrics.json",
              "checkpoints/best.safetensors", "checkpoints/best.json", "checkpoints/last.safetensors",
-             "checkpoints/last.json", "checkpoints/resume.safetensors", "checkpoints/resume.json"]
+             "checkpoints/last.json", "checkpoints/resume.safetensors", "checkpoints/resume.json",
+             "checkpoints/ood.safetensors", "checkpoints/ood.json"]
 
 
 def quick_config(**sections):

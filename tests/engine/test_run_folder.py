@@ -30,7 +30,9 @@ def test_every_path_of_the_layout():
         "resume_state": "checkpoints/resume.safetensors", "resume_card": "checkpoints/resume.json",
         "weights": "checkpoints/best.safetensors", "members_dir": "members", "export_dir": "export",
         "onnx": "export/model.onnx", "onnx_card": "export/model.json", "report": "report.html",
-        "figures": "figures", "group": "group.json",
+        "figures": "figures", "group": "group.json", "robustness_dir": "eval/robustness",
+        "robustness_metrics": "eval/robustness/metrics.json", "robustness_examples": "eval/robustness/examples.png",
+        "ood": "checkpoints/ood.safetensors", "ood_card": "checkpoints/ood.json",
     }
     for name, relative in expected.items():
         assert getattr(run, name) == Path("runs/breast") / relative, name
@@ -202,7 +204,8 @@ def test_file_sha256_cache_stays_bounded(tmp_path, monkeypatch):
 LAYOUT_FILES = ("config.yaml", "splits.json", "history.csv", "pretrain.csv", "train.log", "tracking.json",
                 "auto.json", "metrics.json", "bench.json", "best.safetensors", "best.json", "last.safetensors",
                 "last.json", "resume.safetensors", "resume.json", "model.onnx", "model.json", "predictions.csv",
-                "report.html", "group.json", "cv_summary.json", "seeds_summary.json", "mlflow.db")
+                "report.html", "group.json", "cv_summary.json", "seeds_summary.json", "mlflow.db", "examples.png",
+                "ood.safetensors", "ood.json")
 LAYOUT_DIRS = ("checkpoints", "members", "eval", "export", "figures", "mlflow-artifacts")
 # A string that is a path into a run folder: one ending in a layout file name (or any summary or
 # .safetensors file), or one starting with a layout folder.

@@ -378,9 +378,10 @@ def test_healthz_answers_while_the_model_is_busy_and_readyz_waits_for_warm_up(pr
     def slow_predict(images):
         entered.set()
         assert release.wait(20), "the test never released the model"
-        return predictor.predict(images)
+        return predictor.predict_with_ood(images)
 
-    with TestClient(create_app(_Wrapped(predictor, predict=slow_predict))) as slow:
+    # the model thread calls predict_with_ood (probabilities and out-of-distribution scores in one pass)
+    with TestClient(create_app(_Wrapped(predictor, predict_with_ood=slow_predict))) as slow:
         assert entered.wait(20)  # the warm-up prediction is now blocked on the model thread
         assert slow.get("/healthz").status_code == 200
         assert "warming up" in _error(slow.get("/readyz"), 503)
@@ -405,10 +406,10 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(predictor,
     def counting_predict(images):
         batch_sizes.append(len(images))
         time.sleep(0.05)  # a slow model, so requests queue up behind it
-        return predictor.predict(images)
+        return predictor.predict_with_ood(images)
 
     expected = predictor.predict(np.stack([predictor.prepare(data, "x.png") for data in test_pngs]))
-    with TestClient(create_app(_Wrapped(predictor, predict=counting_predict))) as client:
+    with TestClient(create_app(_Wrapped(predictor, predict_with_ood=counting_predict))) as client:
         _wait_ready(client)
         results = [None] * len(test_pngs)
 

@@ -207,3 +207,31 @@ def test_several_files_go_in_one_request_and_each_can_be_shown(page, server, tes
     expect(page.locator("#list .item.selected")).to_have_attribute("data-file", test_pngs[2].name)
     assert page.text_content("#probability") == f"{100 * expected[2]['probability']:.1f} %"
     assert all("status of 401" in text for text in problems), problems
+
+
+def test_the_page_warns_when_an_image_is_flagged_out_of_distribution(page, server, medmnist_root, tmp_path):
+    from playwright.sync_api import expect
+
+    page, problems = page
+    page.fill("#api-key", "browser-key")
+    page.dispatch_event("#api-key", "change")
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(noise)
+    # an own test image the API does not flag (the threshold flags 5% of val, so most are not)
+    headers = {"X-API-Key": "browser-key"}
+    for index in range(20):
+        own = tmp_path / f"own_{index}.png"
+        Image.fromarray(np.load(medmnist_root / "breastmnist.npz")["test_images"][index]).save(own)
+        answer = httpx.post(f"{server}/v1/predict", headers=headers,
+                            files=[("files", (own.name, own.read_bytes(), "image/png"))]).json()["predictions"][0]
+        if answer["ood"] is False:
+            break
+    assert answer["ood"] is False
+    for path, flagged in ((noise, True), (own, False), (noise, True)):
+        page.set_input_files("#file", str(path))
+        page.wait_for_selector("body[data-state='done']", timeout=30_000)
+        (expect(page.locator("#ood-warning")).to_be_visible() if flagged
+         else expect(page.locator("#ood-warning")).to_be_hidden())
+        page.evaluate("() => document.body.dataset.state = 'idle'")  # wait for the next answer, not this one
+    expect(page.locator("#ood-warning")).to_contain_text("unlike the images the model was trained on")
+    assert all("status of 401" in text for text in problems), problems

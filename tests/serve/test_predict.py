@@ -365,7 +365,7 @@ def test_predict_command_csv_json_and_table(breast_run, breast, breast_test, upl
     for bad in BAD:
         assert f"medlens: cannot predict {upload_folder / bad}: " in stderr
     assert "multi-frame DICOM (2 frames)" in stderr and "3 of 10 file(s) could not be predicted" in stderr
-    assert list(rows[0]) == ["file", "predicted", "probability", "p_malignant", "p_normal, benign"]
+    assert list(rows[0]) == ["file", "predicted", "probability", "p_malignant", "p_normal, benign", "ood_score", "ood"]
 
     # The command's numbers are Predictor.predict's on the same decoded arrays.
     arrays = np.stack([breast.prepare((upload_folder / f).read_bytes(), f) for f in GOOD])

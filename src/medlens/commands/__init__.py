@@ -8,6 +8,7 @@ the library loads when a command runs.
 
 # In ``medlens --help`` order.
 COMMANDS: tuple[str, ...] = (
-    "datasets", "fetch", "preview", "models", "train", "pretrain", "evaluate", "cv", "tune", "compare", "bench",
+    "datasets", "fetch", "preview", "models", "train", "pretrain", "evaluate", "robustness", "ood", "cv", "tune",
+    "compare", "bench",
     "report", "explain", "predict", "export", "serve",
 )

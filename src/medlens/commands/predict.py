@@ -60,7 +60,13 @@ def run(args: argparse.Namespace) -> int:
     elif rows:
         header = list(rows[0])
         print(format_table(header, [[row["file"], row["predicted"]] +
-                                    [f"{row[key]:.4f}" for key in header[2:]] for row in rows]))
+                                    [f"{row[key]:.4f}" if isinstance(row[key], float) else str(row[key])
+                                     for key in header[2:]] for row in rows]))
+    if predictor.ood is None:
+        print(f"medlens: no ood columns: {predictor.ood_reason}", file=sys.stderr)
+    elif any(row["ood"] for row in rows):
+        print(f"medlens: warning: {sum(row['ood'] for row in rows)} of {len(rows)} image(s) flagged ood: unlike the "
+              "training images, so their predictions may not hold", file=sys.stderr)
     if explain_dir is not None and rows:
         print(f"Grad-CAM overlays written to {explain_dir}", file=sys.stderr)
     if failed:

@@ -14,6 +14,7 @@ One training run (``medlens train``) writes::
         best.safetensors + best.json      best by train.monitor; the model card     .best, .best_card
         last.safetensors + last.json      the last epoch                            .last, .last_card
         resume.safetensors + resume.json  optimizer, schedule, loops: for --resume  .resume_state, .resume_card
+        ood.safetensors + ood.json        the out-of-distribution detector of best  .ood, .ood_card
       metrics.json           at the end: best epoch, val and test ACC/AUC of the best checkpoint  .metrics
       .train.lock            held (flock) while a process trains the run: a second trainer   .train_lock
                              is refused (:meth:`RunFolder.training_lock`); the kernel frees it
@@ -34,6 +35,8 @@ Later commands add, each atomically::
 
       eval/<split>/          medlens evaluate: metrics.json, predictions.csv and the   .eval_dir(split)
                              MedMNIST result file; eval/<split>@<data>/ for --data   .eval_dir(split, data)
+      eval/robustness/       medlens robustness: metrics.json (every corruption and   .robustness_metrics
+                             severity) and examples.png (one image per severity)      .robustness_examples
       export/model.onnx      medlens export: the ONNX graph                           .onnx
       export/model.json      its card: the model card, the checkpoint's SHA-256 and the check  .onnx_card
       report.html            medlens report                                           .report
@@ -266,6 +269,16 @@ class RunFolder:
         return sidecar(self.resume_state)
 
     @property
+    def ood(self) -> Path:
+        """``checkpoints/ood.safetensors``: the out-of-distribution detector fitted on the best model."""
+        return self.checkpoint("ood")
+
+    @property
+    def ood_card(self) -> Path:
+        """``checkpoints/ood.json``: the detector's card (threshold, share, the weights it fits)."""
+        return sidecar(self.ood)
+
+    @property
     def weights(self) -> Path:
         """The checkpoint this run is used through: the one given to :meth:`of`, else :attr:`best`."""
         return self._weights if self._weights is not None else self.best
@@ -308,6 +321,21 @@ class RunFolder:
     def eval_predictions(self, split: str, data: str | None = None) -> Path:
         """``eval/<split>[@<data>]/predictions.csv``: one row per image."""
         return self.eval_dir(split, data) / "predictions.csv"
+
+    @property
+    def robustness_dir(self) -> Path:
+        """``eval/robustness/``: the test split under each corruption and severity."""
+        return self.path / "eval" / "robustness"
+
+    @property
+    def robustness_metrics(self) -> Path:
+        """``eval/robustness/metrics.json``: ACC, AUC, balanced accuracy, ECE per corruption and severity."""
+        return self.robustness_dir / "metrics.json"
+
+    @property
+    def robustness_examples(self) -> Path:
+        """``eval/robustness/examples.png``: one test image under every corruption and severity."""
+        return self.robustness_dir / "examples.png"
 
     @property
     def export_dir(self) -> Path:

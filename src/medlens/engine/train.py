@@ -359,6 +359,7 @@ def _train_in(config: RunConfig, run_dir: Path, *, resume: bool, rank: int, sour
     metrics = _final_metrics(run_dir, source, source.info.task, recorder, spatial_dims, cfg)
     if metrics.get("diverged"):
         say(f"warning: {run_dir} is no better than chance: {metrics['diverged']}", rank)
+    _fit_ood(run_dir, source, rank)
     tracker.log_metrics({f"{split}_{k}": v for split in ("val", "test") for k, v in metrics[split].items()},
                         step=metrics["epochs_run"])
     tracker.finish([folder.metrics, folder.config, folder.history, folder.best_card])
@@ -593,6 +594,19 @@ def _no_better_than_chance(scores: np.ndarray) -> str | None:
     if spread < 1e-6:
         return "it gives every validation image the same scores (AUC 0.5 by ties): the training diverged"
     return None
+
+
+def _fit_ood(run_dir: Path, source, rank: int) -> None:
+    """Fit the out-of-distribution detector of the best checkpoint (issue 19; :mod:`medlens.engine.ood`)."""
+    from medlens.engine.ood import fit_run_detector
+
+    try:
+        card = fit_run_detector(run_dir, source=source)
+    except ValueError as exc:  # a model without one classifier layer: the run stands, without flags
+        say(f"no out-of-distribution detector: {exc}", rank)
+        return
+    say(f"out-of-distribution detector: threshold flags {card['val_flagged']:.1%} of val, "
+        f"{card['test_flagged']:.1%} of test", rank)
 
 
 def _final_metrics(run_dir: Path, source, task, recorder, spatial_dims: int, cfg: RunConfig) -> dict:

@@ -101,6 +101,30 @@ def reliability_figure(metrics: dict) -> dict:
         hovermode="closest")
 
 
+def robustness_figures(metrics: dict) -> list[dict]:
+    """One figure per corruption of ``eval/robustness/metrics.json``: ACC and balanced accuracy vs severity.
+
+    Severity 0 is the clean split; error bars are the bootstrap intervals where there are any.
+    """
+    clean = metrics["clean"]
+    figures = []
+    for name, result in metrics["corruptions"].items():
+        severities = [0, *(int(s) for s in result["severities"])]
+        blocks = [clean, *result["severities"].values()]
+        data = []
+        for key, label in (("acc", "ACC"), ("balanced_accuracy", "balanced accuracy")):
+            trace = {"type": "scatter", "mode": "lines+markers", "name": label, "x": severities,
+                     "y": _clean([b[key] for b in blocks])}
+            if all(key in b.get("ci", {}) for b in blocks):
+                trace["error_y"] = {"type": "data", "symmetric": False,
+                                    "array": _clean([b["ci"][key]["upper"] - b[key] for b in blocks]),
+                                    "arrayminus": _clean([b[key] - b["ci"][key]["lower"] for b in blocks])}
+            data.append(trace)
+        figures.append(figure_spec(name, data, xaxis={"title": {"text": "severity"}, "dtick": 1},
+                                   yaxis={"range": [0, 1]}))
+    return figures
+
+
 def fold_figure(summary: dict) -> dict:
     """Cross-validation: val and test AUC per fold."""
     names = [r["name"] for r in summary["runs"]]

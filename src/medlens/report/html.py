@@ -99,6 +99,7 @@ def _run_sections(run: Path, *, gallery: int, split: str, explain: bool, n_boots
         _subgroup_section(metrics),
         _external_section(run),
         _gallery_section(evaluation, limit=gallery, explain=explain) if gallery else "",
+        _robustness_section(layout),
     ]
     return sections, f"medlens report: {run.name}"
 
@@ -478,6 +479,28 @@ def _gallery_section(evaluation, *, limit: int, explain: bool) -> str:
 
 
 # ----------------------------------------------------------------------------- page
+
+
+def _robustness_section(layout: RunFolder) -> str:
+    """``medlens robustness``'s results when the run has them: ACC and balanced accuracy vs severity, examples."""
+    if not layout.robustness_metrics.is_file():
+        return ""
+    from medlens.report.figures import robustness_figures
+
+    metrics = json.loads(layout.robustness_metrics.read_text())
+    summary = metrics["summary"]
+    collapsed = ", ".join(f"{name} {severity}" for name, severity in summary["collapsed"]) or "none"
+    text = (f"<p>Test split under each corruption (severity 0 = clean). Mean corruption error relative to clean "
+            f"{_fmt(summary['mce'], 2)}, mean AUC {_fmt(summary['mean_auc'])} (drop {_fmt(summary['mean_auc_drop'])}). "
+            f"Collapsed (one predicted class or balanced accuracy at chance): {_e(collapsed)}.</p>")
+    plots = _plots("Robustness to corruptions", robustness_figures(metrics))
+    image = ""
+    if layout.robustness_examples.is_file():
+        image = (f"<p>One test image: clean, then severities {_e(metrics['severities'])}; rows: "
+                 f"{_e(', '.join(metrics['corruptions']))}.</p><img alt='corruption examples' "
+                 f"style='image-rendering:pixelated;width:min(100%,640px)' "
+                 f"src='{_data_uri(layout.robustness_examples.read_bytes())}'>")
+    return plots.replace("</h2>", "</h2>" + text, 1).replace("</section>", image + "</section>")
 
 
 def _plots(title: str, figures: list[dict]) -> str:

@@ -274,8 +274,8 @@ class _ModelThread:
             self._jobs.put(_STOP)
             thread.join(timeout)
 
-    async def predict(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities ``(B, K)`` for uint8 ``images`` ``(B, C, *spatial)``."""
+    async def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities ``(B, K)`` and out-of-distribution scores ``(B,)`` (or None) for uint8 ``images``."""
         return await self._submit(("predict", images))
 
     async def call(self, fn: Callable, *args: Any) -> Any:
@@ -319,8 +319,10 @@ class _ModelThread:
 
     def _predict_batch(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         images = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-        probabilities = self._predictor.predict(images)  # (sum B, K)
-        return np.split(probabilities, np.cumsum([len(a) for a in arrays])[:-1])
+        probabilities, ood = self._predictor.predict_with_ood(images)  # (sum B, K), (sum B,) or None
+        cuts = np.cumsum([len(a) for a in arrays])[:-1]
+        ood_parts = [None] * len(arrays) if ood is None else np.split(ood, cuts)
+        return list(zip(np.split(probabilities, cuts), ood_parts, strict=True))
 
     @staticmethod
     def _settle(items: list, compute: Callable[[], list]) -> None:
@@ -726,7 +728,7 @@ def _add_predict_route(v1: APIRouter, service: _Service) -> None:
         async with service.decode_budget.hold(peak):
             images = await anyio.to_thread.run_sync(service.prepare_all, uploads)
         t1 = time.perf_counter()
-        probabilities = await model_thread.predict(images)  # (B, K)
+        probabilities, ood_scores = await model_thread.predict(images)  # (B, K), (B,) or None
         t2 = time.perf_counter()
         # The one decision rule (strictly above 0.5), not a second copy of it.
         positive = decide(probabilities, task) if task.is_multilabel else None  # (B, K) 0/1
@@ -739,6 +741,9 @@ def _add_predict_route(v1: APIRouter, service: _Service) -> None:
                 "probability": float(probs[top]),
                 "probabilities": {name: float(p) for name, p in zip(class_names, probs, strict=True)},
             }
+            if ood_scores is not None:  # the out-of-distribution flag (issue 19)
+                entry["ood_score"] = float(ood_scores[row])
+                entry["ood"] = bool(ood_scores[row] > service.predictor.ood.threshold)
             if task.is_multilabel:
                 entry["positive"] = [name for name, flag in zip(class_names, positive[row], strict=True) if flag]
             if explain:

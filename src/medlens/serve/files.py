@@ -47,8 +47,9 @@ def predict_files(predictor, paths: list[Path], *, explain_dir: Path | None = No
         target: class index to explain (None: each file's predicted class).
 
     Returns:
-        ``(rows, failed)``: rows are dicts ``file, predicted, probability, p_<class>...`` in the
-        order of ``paths``; ``failed`` is ``[(path as given, reason)]``.
+        ``(rows, failed)``: rows are dicts ``file, predicted, probability, p_<class>...`` (then
+        ``ood_score, ood`` when the run has an out-of-distribution detector) in the order of
+        ``paths``; ``failed`` is ``[(path as given, reason)]``.
     """
     import numpy as np
     from tqdm import tqdm
@@ -74,11 +75,13 @@ def predict_files(predictor, paths: list[Path], *, explain_dir: Path | None = No
                     failed.append((str(path), f"{path}: {exc.strerror or type(exc).__name__}"))
             if images:
                 batch = np.stack(images)  # (B, C, *spatial)
-                probabilities = predictor.predict(batch)  # (B, K)
-                for path, image, probs in zip(ready, batch, probabilities, strict=True):
+                probabilities, ood_scores = predictor.predict_with_ood(batch)  # (B, K), (B,) or None
+                for i, (path, image, probs) in enumerate(zip(ready, batch, probabilities, strict=True)):
                     best = int(np.argmax(probs))
                     row = {"file": str(path), "predicted": names[best], "probability": float(probs[best])}
                     row.update({f"p_{name}": float(p) for name, p in zip(names, probs, strict=True)})
+                    if ood_scores is not None:  # the out-of-distribution flag (issue 19)
+                        row.update(ood_score=float(ood_scores[i]), ood=bool(ood_scores[i] > predictor.ood.threshold))
                     rows.append(row)
                     if explain_dir is not None:
                         # Explain the class reported in the row, whichever backend predicted it.

@@ -6,7 +6,8 @@ wheel without packaging configuration.
 
 Stable element ids (tests and scripts rely on them): ``#file`` (the file input), ``#drop`` (drop
 zone), ``#api-key``, ``#status``, ``#error``, ``#model``, ``#result`` (hidden until a result),
-``#predicted``, ``#probability``, ``#bars`` (one ``.bar`` row per class, ``data-class`` = name),
+``#ood-warning`` (shown when the image is flagged out-of-distribution), ``#predicted``,
+``#probability``, ``#bars`` (one ``.bar`` row per class, ``data-class`` = name),
 ``#heatmap`` (Grad-CAM overlay), ``#preview`` and ``#timing``; with several files ``#list`` holds one
 ``.item`` per file (``data-file`` = its name, ``.selected`` = the one shown above). ``body[data-state]``
 is ``idle``, ``busy``, ``done`` or ``error``.
@@ -41,6 +42,7 @@ details { margin: .8rem 0; font-size: .9rem; }
 #error { color: #a4161a; background: #fde8e8; border-radius: .4rem; padding: .6rem .8rem; }
 #result { background: #fff; border-radius: .6rem; padding: 1rem 1.2rem; box-shadow: 0 1px 3px #0002; }
 #predicted { font-size: 1.5rem; font-weight: 600; }
+#ood-warning { color: #7a4b00; background: #fff4d6; border-radius: .4rem; padding: .6rem .8rem; margin-bottom: .6rem; }
 #probability { color: #56606d; margin-left: .5rem; }
 .bar { display: grid; grid-template-columns: 11rem 1fr 4.2rem; gap: .6rem; align-items: center; margin: .35rem 0; }
 .bar .name { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
@@ -177,6 +179,8 @@ function show(i) {
   const prediction = shown.body.predictions[i];
   const file = shown.files[i];
   for (const [k, item] of Array.from($("list").children).entries()) { item.classList.toggle("selected", k === i); }
+  // Out-of-distribution flag (issue 19): the image is unlike the training images.
+  $("ood-warning").hidden = prediction.ood !== true;
   $("predicted").textContent = prediction.predicted;
   $("probability").textContent = (100 * prediction.probability).toFixed(1) + " %";
   renderBars(prediction.probabilities, prediction.predicted);
@@ -217,6 +221,8 @@ _BODY = """
 <div id="error" role="alert" hidden></div>
 <section id="result" hidden>
   <ol id="list" hidden></ol>
+  <div id="ood-warning" role="alert" hidden>This image is unlike the images the model was trained on
+    (out-of-distribution score above its threshold): the prediction below may not hold.</div>
   <div><span id="predicted"></span><span id="probability"></span></div>
   <div id="bars"></div>
   <div class="images">

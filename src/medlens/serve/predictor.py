@@ -208,6 +208,9 @@ class Predictor:
         self._weights_sha256 = weights_sha256
         self._served_file = Path(served_file) if served_file is not None else self._weights
         self._task = None
+        # Out-of-distribution detector (issue 19): set by load(); None with the reason why not.
+        self.ood = None
+        self.ood_reason = "no out-of-distribution detector loaded"
 
     @classmethod
     def load(cls, run: str | os.PathLike, *, backend: str = "torch") -> Predictor:
@@ -233,8 +236,12 @@ class Predictor:
         folder = RunFolder.of(run)
         weights = folder.weights
         if backend == "torch":
+            from medlens.engine.ood import load_run_detector
+
             model, card = load_model(weights)
-            return cls(card, backend="torch", weights=weights, model=model)
+            predictor = cls(card, backend="torch", weights=weights, model=model)
+            predictor.ood, predictor.ood_reason = load_run_detector(weights)
+            return predictor
         card = load_card(weights)
         onnx_file, onnx_card = folder.onnx, folder.onnx_card
         if not onnx_file.is_file() or not onnx_card.is_file():
@@ -254,8 +261,11 @@ class Predictor:
         if file_sha256(onnx_file) != onnx_sha256:
             raise ValueError(f"{onnx_file} is not the file that was exported (its SHA-256 differs from the one in "
                              f"{onnx_card.name}); run `medlens export {folder.path} --format onnx` again")
-        return cls(card, backend="onnx", weights=weights, session=_onnx_session(onnx_file),
-                   served_sha256=onnx_sha256, weights_sha256=weights_sha256, served_file=onnx_file)
+        predictor = cls(card, backend="onnx", weights=weights, session=_onnx_session(onnx_file),
+                        served_sha256=onnx_sha256, weights_sha256=weights_sha256, served_file=onnx_file)
+        predictor.ood_reason = ("the ONNX export has no feature output, so no out-of-distribution score; "
+                                "serve with --backend torch for the flag")
+        return predictor
 
     # ------------------------------------------------------------------ decoding
 
@@ -362,6 +372,39 @@ class Predictor:
                                   f"{len(out)} image(s): its weights are broken (a diverged run?)")
         return out
 
+    def predict_with_ood(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and out-of-distribution scores of a batch, from one forward pass.
+
+        Args:
+            images: as :meth:`predict`.
+
+        Returns:
+            ``(probabilities (B, K), scores (B,))``; scores are None without a detector
+            (:attr:`ood_reason` says why). An image is flagged when its score is above
+            ``self.ood.threshold``.
+        """
+        if self.ood is None:
+            return self.predict(images), None
+        import torch
+
+        from medlens.inference.ood import penultimate
+
+        images = self._check_batch(images)
+        probs, scores = [], []
+        for start in range(0, len(images), self.batch_size):
+            with torch.inference_mode():
+                p, features = penultimate(self._inference(), torch.from_numpy(images[start:start + self.batch_size]))
+            probs.append(p.numpy())
+            scores.append(self.ood.score(features.numpy()))
+        if not probs:
+            return np.zeros((0, len(self.card.class_names)), np.float32), np.zeros(0)
+        out = np.concatenate(probs).astype(np.float32)
+        if not np.isfinite(out).all():  # as predict(): a NaN is never answered as a probability
+            bad = int((~np.isfinite(out)).any(axis=1).sum())
+            raise NonFiniteOutput(f"the {self.backend} model gave NaN or infinite probabilities for {bad} of "
+                                  f"{len(out)} image(s): its weights are broken (a diverged run?)")
+        return out, np.concatenate(scores)
+
     def _predict_torch(self, chunk: np.ndarray) -> np.ndarray:
         import torch
 
@@ -444,6 +487,8 @@ class Predictor:
             "backend": self.backend,
             "version": self.version,
             "served_file": self._served_file.name,
+            "ood": ({"method": "mahalanobis", "threshold": self.ood.threshold, "val_share_flagged": self.ood.share}
+                    if self.ood is not None else {"available": False, "reason": self.ood_reason}),
         })
 
 
