@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -57,7 +58,9 @@ def test_breastmnist_run_writes_every_file(medmnist_root, tmp_path):
     # Best by val AUC; an equal AUC goes to the lower val loss, then the earlier epoch.
     assert metrics["best_epoch"] == max(range(3), key=lambda e: (history[e]["val_auc"], -history[e]["val_loss"], -e))
     assert "class weights (balanced): malignant 1.857, normal, benign 0.684" in (run / "train.log").read_text()
-    assert load_run_config(run) == cfg
+    # config.yaml holds the config as run: the default batch resolved for 2D images (128).
+    assert cfg.data.batch_size is None
+    assert load_run_config(run) == dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=128))
     # The MLflow store sits beside the run folder and holds this run's metrics.
     assert (tmp_path / "runs" / "mlflow.db").is_file()
     from mlflow.tracking import MlflowClient
