@@ -100,7 +100,6 @@ def tune(config, out: str | os.PathLike, *, space, trials: int | None = None, bu
         ValueError: a bad space or option, an unreachable storage, or a study in the storage
             made for other data, another objective or another space; named in the message.
     """
-
     from medlens.workflows.tune_space import check_space
 
     started = time.monotonic() if started is None else started  # checking and loading are part of the job
@@ -157,10 +156,6 @@ def tune(config, out: str | os.PathLike, *, space, trials: int | None = None, bu
                 parent.log_metrics({f"best_{config.train.monitor}": summary["best"]["value"]},
                                    step=summary["counts"]["complete"])
             parent.finish([folder.tune_summary], status=status)
-    if summary["best"] is not None:
-        from medlens.engine.config import config_from_dict, write_yaml
-
-        write_yaml(config_from_dict(summary["best"]["config"]), folder.best_config)
     if refit:
         if summary["best"] is None:
             raise ValueError(f"--refit needs a finished trial; {out} has none yet")
@@ -183,11 +178,12 @@ def study_record(config, space) -> dict:
 
 def redact(url: str) -> str:
     """A storage URL without its password (``postgresql://me:***@host/db``), for files and messages."""
-    try:
-        from sqlalchemy.engine import make_url
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
 
+    try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can parse: shown as given, it holds no parsed password
+    except (sqlalchemy.exc.ArgumentError, ValueError):  # not a URL SQLAlchemy parses: no password in it to hide
         return url
 
 
@@ -558,7 +554,14 @@ def write_summary(study, out: Path, space, base: dict, *, wall_s: float, budget_
     summary = {"schema": STUDY_SCHEMA, "study": study.study_name, "data": record["data"]["spec"],
                "monitor": record["monitor"], "direction": record["direction"], "space": record["space"],
                "counts": counts, "best": best, "trials": rows, "wall_s": round(wall_s, 1), "budget_s": budget_s}
-    write_json(RunFolder(out).tune_summary, summary)
+    folder = RunFolder(out)
+    if folder.refit.is_finished:  # kept from an earlier --refit
+        summary["refit"] = folder.refit.read_metrics().get("refit")
+    write_json(folder.tune_summary, summary)
+    if best is not None:  # with the summary, so a kill never leaves a best.yaml older than it
+        from medlens.engine.config import write_yaml
+
+        write_yaml(config_from_dict(best["config"]), folder.best_config)
     return summary
 
 
