@@ -78,6 +78,17 @@ def test_a_run_being_trained_is_locked_against_a_second_trainer(tmp_path, medmni
                 pass
     with RunFolder(run).training_lock():  # released: the next trainer gets it
         pass
+    # Two new runs into one folder at once: the refused one must not remove what the other started.
+    from medlens.engine.train import train
+
+    fresh = tmp_path / "fresh"
+    config = build_config({"data": {"spec": "breastmnist", "root": str(medmnist_root)}, "model": {"name": "cnn_small"},
+                           "train": {"epochs": 1, "tracking_uri": "none", "progress": False}})
+    with RunFolder(fresh).training_lock():
+        (fresh / "train.log").write_text("the first process is starting\n")
+        with pytest.raises(ValueError, match="being trained by another process"):
+            train(config, fresh)
+        assert (fresh / "train.log").read_text() == "the first process is starting\n"
 
 
 @pytest.mark.slow

@@ -217,11 +217,11 @@ def resume(run_dir: str | os.PathLike, *, source=None) -> TrainResult:
 
 
 @contextlib.contextmanager
-def run_log(run_dir: Path, rank: int = 0):
+def run_log(run_dir: Path, rank: int = 0, *, created: bool | None = None):
     """``train.log`` of ``run_dir`` for the duration, Lightning kept quiet; a run folder that this
-    call created and that still holds no run when an error leaves is removed (a bad option or
-    missing data leaves nothing behind)."""
-    created = not run_dir.exists()
+    call created (or ``created``: the caller did) and that still holds no run when an error leaves
+    is removed (a bad option or missing data leaves nothing behind)."""
+    created = not run_dir.exists() if created is None else created
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _setup_log(run_dir, rank)
     try:
@@ -243,9 +243,11 @@ def run_log(run_dir: Path, rank: int = 0):
 
 def _run(config: RunConfig, run_dir: Path, *, resume: bool, source=None) -> TrainResult:
     rank = _global_rank()
-    with run_log(run_dir, rank):
-        # The main process holds the run's lock: a second trainer of this run is refused at once.
-        with RunFolder(run_dir).training_lock() if rank == 0 else contextlib.nullcontext():
+    created = not run_dir.exists()
+    # The main process holds the run's lock: a second trainer of this run is refused at once, and
+    # before run_log, so that its refusal never removes the folder the first one is starting.
+    with RunFolder(run_dir).training_lock() if rank == 0 else contextlib.nullcontext():
+        with run_log(run_dir, rank, created=created):
             return _train_in(config, run_dir, resume=resume, rank=rank, source=source)
 
 
