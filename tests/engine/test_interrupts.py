@@ -163,3 +163,31 @@ def test_a_diverged_run_is_stated_and_exits_non_zero(medmnist_root, tmp_path, mo
     err = capsys.readouterr().err
     assert "is no better than chance: it gives every validation image the same scores" in err
     assert json.loads((run / "metrics.json").read_text())["diverged"].startswith("it gives every validation image")
+
+
+def test_a_full_disk_under_train_log_is_one_warning_not_a_traceback_per_line(tmp_path, capsys):
+    import errno
+    import logging
+
+    from medlens.engine.train import _setup_log, log
+
+    handler = _setup_log(tmp_path, rank=0)
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+    handler.stream = FullDisk()
+    try:
+        for i in range(3):
+            log.info("epoch %d", i)
+    finally:
+        log.removeHandler(handler)
+        handler.stream = None
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Logging error" not in err
+    assert err.count("\n") == 1 and "cannot write" in err and "No space left on device" in err
+    assert logging.getLogger("medlens") is log

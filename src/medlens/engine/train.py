@@ -133,10 +133,29 @@ class TrainResult:
     best_checkpoint: Path
 
 
+class _RunLogHandler(logging.FileHandler):
+    """``train.log``'s handler: a failed write (a full disk) is one warning line, once, not a traceback per line.
+
+    logging's default prints ``--- Logging error ---`` and a traceback for every record it
+    cannot write; the run itself goes on (its checkpoints fail in one line if the disk stays full).
+    """
+
+    _reported = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if self._reported:
+            return
+        self._reported = True
+        error = sys.exc_info()[1]
+        reason = getattr(error, "strerror", None) or type(error).__name__
+        print(f"medlens: warning: cannot write {self.baseFilename} ({reason}); it misses lines from here on",
+              file=sys.stderr, flush=True)
+
+
 def _setup_log(run_dir: Path, rank: int) -> logging.Handler | None:
     if rank != 0:
         return None
-    handler = logging.FileHandler(RunFolder(run_dir).log)
+    handler = _RunLogHandler(RunFolder(run_dir).log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
