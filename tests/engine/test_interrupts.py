@@ -78,6 +78,17 @@ def test_a_run_being_trained_is_locked_against_a_second_trainer(tmp_path, medmni
                 pass
     with RunFolder(run).training_lock():  # released: the next trainer gets it
         pass
+    # Two new runs into one folder at once: the refused one must not remove what the other started.
+    from medlens.engine.train import train
+
+    fresh = tmp_path / "fresh"
+    config = build_config({"data": {"spec": "breastmnist", "root": str(medmnist_root)}, "model": {"name": "cnn_small"},
+                           "train": {"epochs": 1, "tracking_uri": "none", "progress": False}})
+    with RunFolder(fresh).training_lock():
+        (fresh / "train.log").write_text("the first process is starting\n")
+        with pytest.raises(ValueError, match="being trained by another process"):
+            train(config, fresh)
+        assert (fresh / "train.log").read_text() == "the first process is starting\n"
 
 
 @pytest.mark.slow
@@ -152,3 +163,31 @@ def test_a_diverged_run_is_stated_and_exits_non_zero(medmnist_root, tmp_path, mo
     err = capsys.readouterr().err
     assert "is no better than chance: it gives every validation image the same scores" in err
     assert json.loads((run / "metrics.json").read_text())["diverged"].startswith("it gives every validation image")
+
+
+def test_a_full_disk_under_train_log_is_one_warning_not_a_traceback_per_line(tmp_path, capsys):
+    import errno
+    import logging
+
+    from medlens.engine.train import _setup_log, log
+
+    handler = _setup_log(tmp_path, rank=0)
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+    handler.stream = FullDisk()
+    try:
+        for i in range(3):
+            log.info("epoch %d", i)
+    finally:
+        log.removeHandler(handler)
+        handler.stream = None
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Logging error" not in err
+    assert err.count("\n") == 1 and "cannot write" in err and "No space left on device" in err
+    assert logging.getLogger("medlens") is log

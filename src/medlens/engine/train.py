@@ -133,10 +133,29 @@ class TrainResult:
     best_checkpoint: Path
 
 
+class _RunLogHandler(logging.FileHandler):
+    """``train.log``'s handler: a failed write (a full disk) is one warning line, once, not a traceback per line.
+
+    logging's default prints ``--- Logging error ---`` and a traceback for every record it
+    cannot write; the run itself goes on (its checkpoints fail in one line if the disk stays full).
+    """
+
+    _reported = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if self._reported:
+            return
+        self._reported = True
+        error = sys.exc_info()[1]
+        reason = getattr(error, "strerror", None) or type(error).__name__
+        print(f"medlens: warning: cannot write {self.baseFilename} ({reason}); it misses lines from here on",
+              file=sys.stderr, flush=True)
+
+
 def _setup_log(run_dir: Path, rank: int) -> logging.Handler | None:
     if rank != 0:
         return None
-    handler = logging.FileHandler(RunFolder(run_dir).log)
+    handler = _RunLogHandler(RunFolder(run_dir).log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -224,11 +243,11 @@ def resume(run_dir: str | os.PathLike, *, source=None) -> TrainResult:
 
 
 @contextlib.contextmanager
-def run_log(run_dir: Path, rank: int = 0):
+def run_log(run_dir: Path, rank: int = 0, *, created: bool | None = None):
     """``train.log`` of ``run_dir`` for the duration, Lightning kept quiet; a run folder that this
-    call created and that still holds no run when an error leaves is removed (a bad option or
-    missing data leaves nothing behind)."""
-    created = not run_dir.exists()
+    call created (or ``created``: the caller did) and that still holds no run when an error leaves
+    is removed (a bad option or missing data leaves nothing behind)."""
+    created = not run_dir.exists() if created is None else created
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _setup_log(run_dir, rank)
     try:
@@ -251,9 +270,11 @@ def run_log(run_dir: Path, rank: int = 0):
 def _run(config: RunConfig, run_dir: Path, *, resume: bool, source=None, on_epoch=None,
          tracking_tags: dict | None = None) -> TrainResult:
     rank = _global_rank()
-    with run_log(run_dir, rank):
-        # The main process holds the run's lock: a second trainer of this run is refused at once.
-        with RunFolder(run_dir).training_lock() if rank == 0 else contextlib.nullcontext():
+    created = not run_dir.exists()
+    # The main process holds the run's lock: a second trainer of this run is refused at once, and
+    # before run_log, so that its refusal never removes the folder the first one is starting.
+    with RunFolder(run_dir).training_lock() if rank == 0 else contextlib.nullcontext():
+        with run_log(run_dir, rank, created=created):
             return _train_in(config, run_dir, resume=resume, rank=rank, source=source, on_epoch=on_epoch,
                              tracking_tags=tracking_tags)
 
