@@ -93,3 +93,13 @@ def test_server_adds_the_flag_to_each_result(breast_run, pngs):
     assert [p["ood"] for p in predictions[2:]] == [True, True]
     assert all(p["ood"] == (p["ood_score"] > predictor.ood.threshold) for p in predictions)
     assert info["ood"]["method"] == "mahalanobis" and info["ood"]["threshold"] == predictor.ood.threshold
+
+
+def test_report_shows_the_val_and_test_score_distribution(breast_run, tmp_path):
+    from medlens.report.html import build_report
+
+    page = build_report(breast_run, out=tmp_path / "report.html", gallery=0, figures=False).read_text()
+    section = page[page.index("<h2>Out-of-distribution scores</h2>"):]
+    section = section[:section.index("</section>")]
+    assert section.count("class=plot") == 1 and "flags 5.0% of validation images" in section
+    assert "val (" in section and "test (" in section and "flagged)" in section

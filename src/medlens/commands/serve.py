@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"medlens serve: {folder.onnx} is missing; exporting it now", file=sys.stderr)
         export_onnx(run)
     predictor = Predictor.load(run, backend=args.backend)
+    if predictor.ood is None:  # results then carry no ood flag; say why once (issue 19)
+        print(f"medlens serve: no out-of-distribution flags: {predictor.ood_reason}", file=sys.stderr)
     app = create_app(predictor, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_files=args.max_files,
                      max_pixels=args.max_pixels, api_key=api_key, freeze_gc=True)
     if not _is_loopback(args.host) and api_key is None:
