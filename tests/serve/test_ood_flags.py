@@ -103,3 +103,19 @@ def test_report_shows_the_val_and_test_score_distribution(breast_run, tmp_path):
     section = section[:section.index("</section>")]
     assert section.count("class=plot") == 1 and "flags 5.0% of validation images" in section
     assert "val (" in section and "test (" in section and "flagged)" in section
+
+
+def test_onnx_backend_refuses_the_flag_with_a_reason(breast_run, pngs, tmp_path):
+    import shutil
+
+    from medlens.serve.files import predict_files
+    from medlens.serve.predictor import Predictor
+
+    run = tmp_path / "copy"
+    shutil.copytree(breast_run, run)
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    predictor = Predictor.load(run, backend="onnx")
+    assert predictor.ood is None and "ONNX export has no feature output" in predictor.ood_reason
+    assert predictor.info["ood"] == {"available": False, "reason": predictor.ood_reason}
+    rows, failed = predict_files(predictor, pngs["noise"][:2])
+    assert not failed and all("ood" not in row and "ood_score" not in row for row in rows)
