@@ -51,7 +51,8 @@ def test_breast_report_holds_every_section(breast_run):
                  "Published MedMNIST v2 results", "ResNet-18 (28)", "Gallery", "malignant", "config.yaml",
                  "Imbalanced training data"):
         assert text in page, text
-    assert _figures_in(page) == 4 + 2 + 3  # curves (loss, ACC, AUC, LR), confusion x2, ROC + PR + reliability
+    # curves (loss, ACC, AUC, LR), confusion x2, ROC + PR + reliability, OOD scores of val and test
+    assert _figures_in(page) == 4 + 2 + 3 + 1 and "Out-of-distribution scores" in page
     metrics = json.loads((breast_run / "eval" / "test" / "metrics.json").read_text())
     assert f"{metrics['acc']:.3f}" in page and f"{metrics['auc']:.3f}" in page
     items = json.loads(re.search(r"id=gallery-data>(.*?)</script>", page, re.S).group(1))

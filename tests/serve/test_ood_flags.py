@@ -93,3 +93,29 @@ def test_server_adds_the_flag_to_each_result(breast_run, pngs):
     assert [p["ood"] for p in predictions[2:]] == [True, True]
     assert all(p["ood"] == (p["ood_score"] > predictor.ood.threshold) for p in predictions)
     assert info["ood"]["method"] == "mahalanobis" and info["ood"]["threshold"] == predictor.ood.threshold
+
+
+def test_report_shows_the_val_and_test_score_distribution(breast_run, tmp_path):
+    from medlens.report.html import build_report
+
+    page = build_report(breast_run, out=tmp_path / "report.html", gallery=0, figures=False).read_text()
+    section = page[page.index("<h2>Out-of-distribution scores</h2>"):]
+    section = section[:section.index("</section>")]
+    assert section.count("class=plot") == 1 and "flags 5.0% of validation images" in section
+    assert "val (" in section and "test (" in section and "flagged)" in section
+
+
+def test_onnx_backend_refuses_the_flag_with_a_reason(breast_run, pngs, tmp_path):
+    import shutil
+
+    from medlens.serve.files import predict_files
+    from medlens.serve.predictor import Predictor
+
+    run = tmp_path / "copy"
+    shutil.copytree(breast_run, run)
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    predictor = Predictor.load(run, backend="onnx")
+    assert predictor.ood is None and "ONNX export has no feature output" in predictor.ood_reason
+    assert predictor.info["ood"] == {"available": False, "reason": predictor.ood_reason}
+    rows, failed = predict_files(predictor, pngs["noise"][:2])
+    assert not failed and all("ood" not in row and "ood_score" not in row for row in rows)

@@ -89,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"medlens serve: {folder.onnx} is missing; exporting it now", file=sys.stderr)
         export_onnx(run)
     predictor = Predictor.load(run, backend=args.backend)
+    if predictor.ood is None:  # results then carry no ood flag; say why once (issue 19)
+        print(f"medlens serve: no out-of-distribution flags: {predictor.ood_reason}", file=sys.stderr)
     max_upload_bytes = int(args.max_upload_mb * 1024 * 1024)
     hosts = allowed_hosts(args.host, args.allowed_hosts)
     app = create_app(predictor, max_upload_bytes=max_upload_bytes, max_files=args.max_files,

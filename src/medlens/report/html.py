@@ -100,6 +100,7 @@ def _run_sections(run: Path, *, gallery: int, split: str, explain: bool, n_boots
         _external_section(run),
         _gallery_section(evaluation, limit=gallery, explain=explain) if gallery else "",
         _robustness_section(layout),
+        _ood_section(layout),
     ]
     return sections, f"medlens report: {run.name}"
 
@@ -479,6 +480,29 @@ def _gallery_section(evaluation, *, limit: int, explain: bool) -> str:
 
 
 # ----------------------------------------------------------------------------- page
+
+
+def _ood_section(layout: RunFolder) -> str:
+    """The out-of-distribution score of val and test images against the threshold, when the run has a detector."""
+    from medlens.engine.ood import read_scores
+    from medlens.report.figures import figure_spec
+
+    stored = read_scores(layout.path)
+    if stored is None:
+        return ""
+    card = stored["card"]
+    threshold = card["threshold"]
+    data = [{"type": "histogram", "name": f"{split} ({np.mean(stored[split] > threshold):.1%} flagged)",
+             "x": np.log10(np.maximum(stored[split], 1e-12)).astype(float).tolist(), "opacity": 0.6,
+             "histnorm": "probability"} for split in ("val", "test")]
+    figure = figure_spec("Out-of-distribution score (log10)", data, barmode="overlay",
+                         xaxis={"title": {"text": "log10 squared Mahalanobis distance"}},
+                         shapes=[{"type": "line", "x0": math.log10(threshold), "x1": math.log10(threshold),
+                                  "y0": 0, "y1": 1, "yref": "paper", "line": {"dash": "dash"}}])
+    text = (f"<p>Mahalanobis distance of the penultimate features to the nearest training class mean. The dashed "
+            f"threshold flags {_fmt(100 * card['share'], 1)}% of validation images; predict and serve mark images "
+            f"above it as out-of-distribution.</p>")
+    return _plots("Out-of-distribution scores", [figure]).replace("</h2>", "</h2>" + text, 1)
 
 
 def _robustness_section(layout: RunFolder) -> str:
