@@ -184,14 +184,14 @@ def test_non_finite_probabilities_are_never_an_answer(predictor, test_pngs, capl
     """NaN weights answered 200 with "probability": null (issue 20): now the warm-up refuses to be ready."""
     from medlens.serve.predictor import NonFiniteOutput
 
-    def nan_predict(images):
-        out = predictor.predict(images)
+    def nan_predict(images):  # the model thread's call: probabilities and OOD scores in one pass
+        out, ood = predictor.predict_with_ood(images)
         out[:] = np.nan
-        if not np.isfinite(out).all():  # what Predictor.predict does with such an output
+        if not np.isfinite(out).all():  # what Predictor.predict_with_ood does with such an output
             raise NonFiniteOutput("the torch model gave NaN or infinite probabilities for 1 of 1 image(s)")
-        return out
+        return out, ood
 
-    with TestClient(create_app(_Wrapped(predictor, predict=nan_predict))) as broken, \
+    with TestClient(create_app(_Wrapped(predictor, predict_with_ood=nan_predict))) as broken, \
             caplog.at_level(logging.ERROR, "medlens.serve"):
         deadline = time.monotonic() + 20
         while "warm-up failed" not in (reason := _error(broken.get("/readyz"), 503)):

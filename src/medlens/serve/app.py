@@ -655,7 +655,7 @@ class _Service:
         try:
             image = await anyio.to_thread.run_sync(
                 lambda: self.predictor.prepare(data, name, max_pixels=self.limits.max_pixels))
-            probabilities = await self.model_thread.predict(image[None])
+            probabilities, _ = await self.model_thread.predict(image[None])  # (1, K), OOD scores unused
             if not np.isfinite(probabilities).all():  # predictor.predict refuses it; a stand-in may not
                 raise NonFiniteOutput("the warm-up prediction is not finite (NaN or infinite)")
             # Grad-CAM loads the torch model (for the ONNX backend) and its imports: seconds that
