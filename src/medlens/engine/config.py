@@ -455,34 +455,38 @@ def build_config(overrides: dict | None = None, *, recipe: str = "default", file
     layers = [RECIPES[recipe], plan or {}, read_yaml(file) if file is not None else {}, overrides or {}]
     raw: dict = {}
     for layer in layers:
-        raw = _merge(raw, _without_model_kwargs(layer))
+        raw = _merge(raw, _without_model_options(layer))
     if not isinstance(raw.get("model") or {}, dict):
         return config_from_dict(raw)  # which names the bad section
     model = dict(raw.get("model") or {})
     name = model.get("name", ModelConfig.name)
-    kwargs: dict = {}
-    for layer in layers:
-        section = layer.get("model") or {}
-        if not isinstance(section, dict) or "kwargs" not in section:
-            continue
-        # A layer's model options are options of the model that layer names (the recipe's width 24
-        # is resnet_compact's): they apply only when that is the model trained. A layer naming no
-        # model (a --model-arg flag, a YAML file of kwargs only) speaks of the model in the end.
-        # The last layer that gives options replaces them as a whole mapping (a key can be removed).
-        if section.get("name", name) == name:
-            kwargs = section["kwargs"]
-    if kwargs or "kwargs" in model:
-        model["kwargs"] = kwargs
+    for field in MODEL_OWN_FIELDS:
+        for layer in layers:
+            section = layer.get("model") or {}
+            if not isinstance(section, dict) or field not in section:
+                continue
+            # A layer's model options are options of the model that layer names (the recipe's width 24
+            # is resnet_compact's, finetune's ImageNet weights are efficientnet_lite0's): they apply only
+            # when that is the model trained. A layer naming no model (a --model-arg flag, a YAML file of
+            # kwargs only) speaks of the model in the end. The last layer that gives a field wins; kwargs
+            # replace as a whole mapping (a key can be removed).
+            if section.get("name", name) == name:
+                model[field] = section[field]
     if model:
         raw["model"] = model
     return config_from_dict(raw)
 
 
-def _without_model_kwargs(layer: dict) -> dict:
-    """``layer`` without ``model.kwargs`` (merged per model by :func:`build_config`)."""
-    if not isinstance(layer.get("model"), dict) or "kwargs" not in layer["model"]:
+# ModelConfig fields that belong to one architecture: its keyword options and its weights.
+MODEL_OWN_FIELDS = ("kwargs", "pretrained")
+
+
+def _without_model_options(layer: dict) -> dict:
+    """``layer`` without its :data:`MODEL_OWN_FIELDS` (merged per model by :func:`build_config`)."""
+    section = layer.get("model")
+    if not isinstance(section, dict) or not any(field in section for field in MODEL_OWN_FIELDS):
         return layer
-    return {**layer, "model": {k: v for k, v in layer["model"].items() if k != "kwargs"}}
+    return {**layer, "model": {k: v for k, v in section.items() if k not in MODEL_OWN_FIELDS}}
 
 
 def _yaml_loader():
