@@ -56,7 +56,7 @@ def test_a_recipes_model_options_apply_to_its_model_only():
     assert (cfg.model.name, cfg.model.kwargs) == ("resnet_compact", {"width": 8})
     # Weights are a model's own too: finetune's ImageNet weights are efficientnet_lite0's.
     assert build_config(spec, recipe="finetune").model.pretrained == "imagenet"
-    assert build_config({**spec, "model": {"name": "cnn_small"}}, recipe="finetune").model.pretrained is None
+    assert build_config({**spec, "model": {"name": "cnn_small"}}, recipe="finetune").model.pretrained == "none"
     # The same for --recipe auto's plan: its ladder rung's options go with its model.
     plan = {"model": {"name": "resnet_compact", "kwargs": {"width": 16}}}
     assert build_config({**spec, "model": {"name": "cnn_small"}}, plan=plan).model.kwargs == {}

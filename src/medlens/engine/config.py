@@ -460,10 +460,10 @@ def build_config(overrides: dict | None = None, *, recipe: str = "default", file
         return config_from_dict(raw)  # which names the bad section
     model = dict(raw.get("model") or {})
     name = model.get("name", ModelConfig.name)
-    for field in MODEL_OWN_FIELDS:
+    for own in MODEL_OWN_FIELDS:
         for layer in layers:
             section = layer.get("model") or {}
-            if not isinstance(section, dict) or field not in section:
+            if not isinstance(section, dict) or own not in section:
                 continue
             # A layer's model options are options of the model that layer names (the recipe's width 24
             # is resnet_compact's, finetune's ImageNet weights are efficientnet_lite0's): they apply only
@@ -471,7 +471,7 @@ def build_config(overrides: dict | None = None, *, recipe: str = "default", file
             # kwargs only) speaks of the model in the end. The last layer that gives a field wins; kwargs
             # replace as a whole mapping (a key can be removed).
             if section.get("name", name) == name:
-                model[field] = section[field]
+                model[own] = section[own]
     if model:
         raw["model"] = model
     return config_from_dict(raw)
