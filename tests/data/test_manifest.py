@@ -328,3 +328,24 @@ def test_close_pairs_by_banding_equal_all_pairs_comparison():
     for bits in (0, 1, 2, 3, 4):
         expected = {(int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(distance <= bits, k=1)), strict=True)}
         assert {(a, b) for a, b, _ in _close_pairs(hashes, bits)} == expected
+
+
+@pytest.mark.timeout(60)
+def test_a_row_naming_a_fifo_or_a_dangling_link_is_a_bad_row_never_opened(tmp_path):
+    """Reading a FIFO blocks for ever (issue 20's folder finding): a manifest row naming one is a
+    bad row, as the folder walk makes it, and so is a link that leads nowhere."""
+    import os
+
+    for i in range(4):
+        _image(tmp_path / f"{i}.png", seed=i)
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    rows = [["0.png", "a"], ["1.png", "b"], ["2.png", "a"], ["3.png", "b"], ["pipe.png", "a"], ["gone.png", "b"]]
+    _table(tmp_path / "m.csv", ["path", "label"], rows)
+    options = {"image_col": "path", "label_col": "label"}
+    with pytest.raises(ValueError) as err:
+        load_manifest(tmp_path / "m.csv", size=8, options=options)
+    message = single_line(err.value)
+    assert "2 bad row(s)" in message and "pipe.png" in message and "gone.png" in message
+    data = load_manifest(tmp_path / "m.csv", size=8, options=options, skip_bad=True)
+    assert data.ids.tolist() == ["0.png", "1.png", "2.png", "3.png"]

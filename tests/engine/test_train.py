@@ -280,7 +280,8 @@ def test_metrics_json_writes_nan_as_null_and_reads_it_back_as_nan(tmp_path, monk
     card = checkpoint.ModelCard(architecture="cnn_small", model_kwargs={}, task="binary", class_names=["a", "b"],
                                 in_channels=1, spatial_dims=2, input_size=28,
                                 normalisation={"mean": [0.5], "std": [0.25]})
-    scores = {"val": {"acc": 1.0, "auc": math.nan, "n": 3}, "test": {"acc": 0.5, "auc": 0.75, "n": 4}}
+    scores = {"val": {"acc": 1.0, "auc": math.nan, "n": 3}, "test": {"acc": 0.5, "auc": 0.75, "n": 4},
+              "diverged": None}  # score()'s verdict on the validation scores: these rank images
     monkeypatch.setattr(checkpoint, "load_model", lambda path: (None, card))
     monkeypatch.setattr(checkpoint, "save_model", lambda model, card, path: None)
     monkeypatch.setattr(engine, "score", lambda model, card, source, task: scores)

@@ -132,17 +132,21 @@ class _Tree:
                 for name in filenames:
                     full = Path(dirpath, name)
                     rel = full.relative_to(path).as_posix()
-                    try:
-                        stat = full.stat()  # follows links: a dangling one raises
-                    except OSError as exc:
-                        self.entries[rel] = (-1, 0)
-                        self.unreadable[rel] = ("a dangling symbolic link" if full.is_symlink()
-                                                else exc.strerror or type(exc).__name__)
-                        continue
-                    self.entries[rel] = (stat.st_size, stat.st_mtime_ns)
-                    if not stat_kinds.S_ISREG(stat.st_mode):
-                        # Reading a FIFO blocks for ever, a device may never end: never opened.
-                        self.unreadable[rel] = "not a regular file (a FIFO, socket or device)"
+                    self.entries[rel], problem = _file_entry(full)
+                    if problem is not None:
+                        self.unreadable[rel] = problem
+
+
+def _file_entry(full: Path) -> tuple[tuple[int, int], str | None]:
+    """``((size, modification ns), None)`` of a regular file, or ``((-1, 0) or its stat, why it is never opened)``."""
+    try:
+        stat = full.stat()  # follows links: a dangling one raises
+    except OSError as exc:
+        return (-1, 0), ("a dangling symbolic link" if full.is_symlink() else exc.strerror or type(exc).__name__)
+    if not stat_kinds.S_ISREG(stat.st_mode):
+        # Reading a FIFO blocks for ever, a device may never end: never opened.
+        return (stat.st_size, stat.st_mtime_ns), "not a regular file (a FIFO, socket or device)"
+    return (stat.st_size, stat.st_mtime_ns), None
 
 
 def _check_archive(path: Path, infos: list[zipfile.ZipInfo]) -> None:
@@ -341,7 +345,13 @@ def decode_files(base: str | os.PathLike, names: list[str], *, size: int | None,
         read or decoded is an error entry, never an exception.
     """
     tree = _Tree.__new__(_Tree)  # a directory tree without walking it: the names are given
-    tree.path, tree.is_zip, tree.members = Path(base), False, {}
+    tree.path, tree.is_zip, tree.members, tree.entries, tree.unreadable = Path(base), False, {}, {}, {}
+    for name in names:  # as a walk would: links that lead nowhere and FIFOs are errors, never opened
+        full = tree.path / name
+        if os.path.lexists(full):  # a missing file is the decoder's "No such file" error
+            tree.entries[name], problem = _file_entry(full)
+            if problem is not None:
+                tree.unreadable[name] = problem
     return _decode_all(tree, names, size, workers or os.cpu_count() or 1)
 
 
