@@ -82,8 +82,9 @@ def _owners(module: str, parsers: dict) -> tuple[list[str], bool]:
     if parts[0] == "data":
         return data, True
     if parts[0] in ("engine", "workflows"):
-        # Some messages are reachable from one of them only (--folds from cv, --seeds from train).
-        return [*training, "bench"], False
+        # Some messages are reachable from one of them only (--folds from cv, --seeds from train,
+        # --method from pretrain, whose SimCLR lives in engine/pretrain.py).
+        return [*training, "bench", "pretrain"], False
     return list(parsers), False
 
 

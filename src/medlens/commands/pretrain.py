@@ -7,7 +7,7 @@ import sys
 
 
 def run(args: argparse.Namespace) -> int:
-    from medlens.commands._options import key_values
+    from medlens.commands._options import key_values, source_option_args
     from medlens.engine.pretrain import PretrainSettings, pretrain
 
     def say(message: str) -> None:
@@ -23,7 +23,9 @@ def run(args: argparse.Namespace) -> int:
         settings = PretrainSettings(
             spec=args.data, method=args.method, model=args.model,
             model_kwargs=key_values(args.model_arg, "--model-arg"),
-            unlabeled=args.unlabeled, root=args.root, size=args.size, channels=args.channels, epochs=args.epochs,
+            unlabeled=args.unlabeled, root=args.root, size=args.size, channels=args.channels,
+            skip_bad=args.skip_bad, download=not args.no_download, verify=not args.no_verify,
+            source_options=source_option_args(args), epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, temperature=args.temperature, seed=args.seed)
         result = pretrain(settings, args.out, say=say)
     probe = result["probe"]
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers) -> None:
-    from medlens.commands._options import positive_int
+    from medlens.commands._options import add_source_flags, add_source_options, positive_int
 
     p = subparsers.add_parser("pretrain", help="self-supervised pre-training of an encoder (SimCLR) for --init-from")
     p.add_argument("data", metavar="DATA", nargs="?", help="dataset spec: its training images are learned from")
@@ -47,6 +49,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--root", help="folder of MedMNIST .npz files (default: $MEDLENS_DATA)")
     p.add_argument("--size", type=positive_int, help="image edge in pixels")
     p.add_argument("--channels", type=int, choices=(1, 3), help="folders: force 1 or 3 channels")
+    add_source_flags(p)
+    add_source_options(p)
     p.add_argument("--epochs", type=positive_int, default=20, help="passes over the images (default 20)")
     p.add_argument("--batch-size", type=positive_int, default=128,
                    help="images per batch, two views each (default 128)")

@@ -102,6 +102,8 @@ class PretrainSettings:
         model_kwargs: its options.
         unlabeled: another spec whose images (all splits, labels ignored) are added to the training images.
         root, size, channels: as for ``medlens train``.
+        skip_bad, download, verify, source_options: how the data is read, as the ``data`` config entries
+            of the same names (``--skip-bad``, ``--no-download``, ``--no-verify``, the ``csv:`` columns).
         epochs: passes over the images, >= 1.
         batch_size: images per batch (each gives two views; the other 2B - 2 views are its negatives), >= 2.
         lr: AdamW learning rate.
@@ -118,6 +120,10 @@ class PretrainSettings:
     root: str | None = None
     size: int | None = None
     channels: int | None = None
+    skip_bad: bool = False
+    download: bool = True
+    verify: bool = True
+    source_options: dict = field(default_factory=dict)
     epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3
@@ -220,13 +226,15 @@ def _images(settings: PretrainSettings):
     from medlens.data.source import TensorSplit, resolve
     from medlens.data.spec import parse_spec
 
+    reading = {"skip_bad": settings.skip_bad, "download_missing": settings.download, "verify": settings.verify}
     source = resolve(settings.spec, root=settings.root, size=settings.size, seed=settings.seed,
-                     channels=settings.channels)
+                     channels=settings.channels, source_options=settings.source_options, **reading)
     images = [np.asarray(source.splits["train"].images)]
     if settings.unlabeled:
         channels = int(images[0].shape[1])
         extra = resolve(settings.unlabeled, root=settings.root, size=source.size, seed=settings.seed,
-                        channels=channels if parse_spec(settings.unlabeled).source.decodes_images else None)
+                        channels=channels if parse_spec(settings.unlabeled).source.decodes_images else None,
+                        **reading)
         for split in extra.splits.values():
             if split.images.shape[1:] != images[0].shape[1:]:
                 raise ValueError(f"--unlabeled {settings.unlabeled} has images {tuple(split.images.shape[1:])}; "
