@@ -22,9 +22,16 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 
 
+ASSIGNMENT = re.compile(r"^([A-Z_][A-Z0-9_]*)=(.*)$")
+
+
 def readme_commands() -> list[str]:
-    """Every ``medlens ...`` line of README.md's code (continuation lines joined, comments kept)."""
-    lines, in_fence, out = README.read_text().splitlines(), False, []
+    """Every ``medlens ...`` line of README.md's code (continuation lines joined, comments kept).
+
+    Shell variables the README sets in its code (``OPTS="--label-col dx"``) are expanded in the
+    lines after them, unquoted, as the shell word-splits ``$OPTS``.
+    """
+    lines, in_fence, out, variables = README.read_text().splitlines(), False, [], {}
     i = 0
     while i < len(lines):
         line = lines[i]
@@ -33,11 +40,17 @@ def readme_commands() -> list[str]:
             i += 1
             continue
         code = line[4:] if line.startswith("    ") else (line if in_fence else None)
-        if code is not None and code.lstrip().startswith("medlens "):
+        assignment = ASSIGNMENT.match(code.strip()) if code is not None else None
+        if assignment:
+            value = shlex.split(assignment.group(2), comments=True)
+            variables[assignment.group(1)] = value[0] if value else ""
+        elif code is not None and code.lstrip().startswith("medlens "):
             text = code.strip()
             while text.endswith("\\") and i + 1 < len(lines):
                 i += 1
                 text = text[:-1] + " " + lines[i].strip()
+            for name in sorted(variables, key=len, reverse=True):  # $OPTS before a shorter $OPT
+                text = text.replace(f"${name}", variables[name])
             out.append(text)
         i += 1
     return out
