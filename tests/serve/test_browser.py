@@ -58,7 +58,8 @@ def server(chromium, breast_run):
     app = create_app(Predictor.load(breast_run, backend="torch"), api_key="browser-key")
     base, uvicorn_server, thread = _serve(app)
     deadline = time.monotonic() + 30
-    while httpx.get(f"{base}/readyz").status_code != 200:
+    # With a key, /readyz needs it too (only / and /healthz are open).
+    while httpx.get(f"{base}/readyz", headers={"X-API-Key": "browser-key"}).status_code != 200:
         assert time.monotonic() < deadline, "the server never became ready"
         time.sleep(0.05)
     yield base
@@ -152,7 +153,8 @@ def test_docs_render_with_the_network_off(browser, server):
     hospital network, an air-gapped machine) the operations are still listed."""
     from playwright.sync_api import expect
 
-    context = browser.new_context()
+    # This server has a key, which /docs and its assets need too (issue 20): a client that has it.
+    context = browser.new_context(extra_http_headers={"X-API-Key": "browser-key"})
     outside = []
 
     def only_the_server(route):
