@@ -25,3 +25,25 @@ def quick_config(**sections):
     sections["train"] = {"epochs": 2, "tracking_uri": "none", "progress": False, **sections["train"]}
     sections.setdefault("model", {"name": "cnn_small"})
     return build_config(sections)
+
+
+def write_tiny_npz(path, *, sizes: tuple[int, int, int], edge: int):
+    """A MedMNIST-layout ``.npz`` of random ``edge`` px images, labels alternating 0/1.
+
+    Args:
+        path: the file to write.
+        sizes: images in (train, val, test).
+        edge: image edge in pixels.
+
+    Returns:
+        ``path``.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in zip(("train", "val", "test"), sizes, strict=True):
+        arrays[f"{split}_images"] = rng.integers(0, 256, size=(n, edge, edge), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 2).reshape(n, 1)
+    np.savez(path, **arrays)
+    return path

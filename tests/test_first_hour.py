@@ -9,18 +9,12 @@ import pytest
 from PIL import Image
 
 from medlens.cli import main
+from helpers import write_tiny_npz
 
 
 @pytest.fixture(scope="module")
 def tiny_npz(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, n in (("train", 24), ("val", 8), ("test", 8)):
-        arrays[f"{split}_images"] = rng.integers(0, 256, size=(n, 16, 16), dtype=np.uint8)
-        arrays[f"{split}_labels"] = (np.arange(n) % 2).reshape(n, 1)
-    path = tmp_path_factory.mktemp("first-hour") / "tiny.npz"
-    np.savez(path, **arrays)
-    return path
+    return write_tiny_npz(tmp_path_factory.mktemp("first-hour") / "tiny.npz", sizes=(24, 8, 8), edge=16)
 
 
 def test_the_gradcam_overlay_leaves_cold_pixels_as_they_are():

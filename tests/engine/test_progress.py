@@ -15,24 +15,17 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 from medlens.engine.callbacks import RunRecorder
+from helpers import write_tiny_npz
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 @pytest.fixture(scope="module")
 def tiny_npz(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, n in (("train", 32), ("val", 8), ("test", 8)):
-        arrays[f"{split}_images"] = rng.integers(0, 256, size=(n, 16, 16), dtype=np.uint8)
-        arrays[f"{split}_labels"] = (np.arange(n) % 2).reshape(n, 1)
-    path = tmp_path_factory.mktemp("progress") / "tiny.npz"
-    np.savez(path, **arrays)
-    return path
+    return write_tiny_npz(tmp_path_factory.mktemp("progress") / "tiny.npz", sizes=(32, 8, 8), edge=16)
 
 
 def _argv(tiny_npz: Path, out: Path, *extra: str) -> list[str]:

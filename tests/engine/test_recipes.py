@@ -6,11 +6,11 @@ used to be passed to a model without it ("model 'cnn_small' has no option width"
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from medlens.engine.config import RECIPES, build_config
 from medlens.models import list_models
+from helpers import write_tiny_npz
 
 # The ensemble is assembled from trained members (``--members K``), never trained itself.
 MODELS_2D = [name for name in list_models(spatial_dims=2) if name != "ensemble"]
@@ -19,14 +19,7 @@ MODELS_2D = [name for name in list_models(spatial_dims=2) if name != "ensemble"]
 @pytest.fixture(scope="module")
 def tiny_npz(tmp_path_factory):
     """A MedMNIST-layout file of 28 px images, 2 classes, 8 training images (one batch)."""
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, n in (("train", 8), ("val", 4), ("test", 4)):
-        arrays[f"{split}_images"] = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-        arrays[f"{split}_labels"] = (np.arange(n) % 2).reshape(n, 1)
-    path = tmp_path_factory.mktemp("recipes") / "tiny.npz"
-    np.savez(path, **arrays)
-    return path
+    return write_tiny_npz(tmp_path_factory.mktemp("recipes") / "tiny.npz", sizes=(8, 4, 4), edge=28)
 
 
 @pytest.mark.slow

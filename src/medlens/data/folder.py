@@ -498,28 +498,34 @@ def load_folder(
 
 
 def _save_cached(cache_dir: Path, data: FolderData) -> None:
-    """Write the decoded arrays as one cache entry, whole or not at all.
-
-    A cache that cannot be written (read-only home, full disk) costs a decode next time, not
-    this load: the failure is a warning and the decoded data is returned all the same.
-    """
+    """Write the decoded arrays as one cache entry (see :func:`save_cache_entry`)."""
     meta = {
         "class_names": list(data.class_names),
         "split_of": {s: idx.tolist() for s, idx in data.split_of.items()},
         "bad_files": data.bad_files,
     }
+    save_cache_entry(cache_dir, {name: getattr(data, name) for name in ("images", "labels", "ids", "groups")}, meta)
+
+
+def save_cache_entry(cache_dir: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Write ``arrays`` (one ``NAME.npy`` each) and ``meta.json`` as one cache entry, whole or not at all.
+
+    Shared by the sources that decode image files (folders, ``csv:`` manifests). A cache that
+    cannot be written (read-only home, full disk) costs a decode next time, not this load: the
+    failure is a warning and the decoded data is returned all the same.
+    """
     try:
         with atomic_path(cache_dir) as tmp:
             tmp.mkdir()
-            for name in ("images", "labels", "ids", "groups"):
+            for name, array in arrays.items():
                 with open(tmp / f"{name}.npy", "wb") as fh:
-                    np.save(fh, getattr(data, name))
+                    np.save(fh, array)
             (tmp / "meta.json").write_text(json.dumps(meta))
     except OSError as exc:
         if (cache_dir / "meta.json").exists():
             return  # another process cached the same entry first
         warnings.warn(f"could not write the decode cache in {cache_dir} ({exc}); the images will be "
-                      "decoded again next time (set $MEDLENS_CACHE to a writable folder)", stacklevel=3)
+                      "decoded again next time (set $MEDLENS_CACHE to a writable folder)", stacklevel=4)
 
 
 def _load_cached(cache_dir: Path, key: str) -> FolderData:

@@ -43,7 +43,6 @@ from pathlib import Path
 
 import numpy as np
 
-from medlens._io import atomic_path
 from medlens.data.download import cache_root
 from medlens.data.readers import SUPPORTED_SUFFIXES, file_suffix
 
@@ -398,22 +397,14 @@ def load_manifest(
 
 
 def _save_cached(cache_dir: Path, data: ManifestData) -> None:
-    """One cache entry, whole or not at all; a cache that cannot be written costs a decode next time."""
+    """One cache entry, whole or not at all (:func:`~medlens.data.folder.save_cache_entry`)."""
+    from medlens.data.folder import save_cache_entry
+
     meta = {"class_names": list(data.class_names), "task": data.task,
             "split_of": {s: idx.tolist() for s, idx in data.split_of.items()},
             "bad_rows": data.bad_rows, "metadata": data.metadata.to_record()}
-    try:
-        with atomic_path(cache_dir) as tmp:
-            tmp.mkdir()
-            for name in ("images", "labels", "ids", "duplicates"):
-                with open(tmp / f"{name}.npy", "wb") as fh:
-                    np.save(fh, getattr(data, name))
-            (tmp / "meta.json").write_text(json.dumps(meta))
-    except OSError as exc:
-        if (cache_dir / "meta.json").exists():
-            return  # another process cached the same entry first
-        warnings.warn(f"could not write the decode cache in {cache_dir} ({exc}); the images will be "
-                      "decoded again next time (set $MEDLENS_CACHE to a writable folder)", stacklevel=3)
+    save_cache_entry(cache_dir, {name: getattr(data, name) for name in ("images", "labels", "ids", "duplicates")},
+                     meta)
 
 
 def _load_cached(cache_dir: Path, key: str) -> ManifestData:
