@@ -355,6 +355,31 @@ def decode_files(base: str | os.PathLike, names: list[str], *, size: int | None,
     return _decode_all(tree, names, size, workers or os.cpu_count() or 1)
 
 
+def stack_decoded(decoded: list[tuple], keep: list[int], channels: int | None, where: str) -> np.ndarray:
+    """The ``keep`` entries of :func:`decode_files`-style ``(pixels, error, dims)`` as one ``(N, C, ...)`` array.
+
+    Args:
+        decoded: ``(pixels, error, spatial dims)`` per file.
+        keep: indices of the readable entries, in order.
+        channels: 1 or 3; None: 3 when any 2D image is colour, else 1.
+        where: the dataset, for the error messages.
+
+    Raises:
+        ValueError: 2D images and 3D volumes mixed, or images of different sizes.
+    """
+    dims = {decoded[i][2] for i in keep}
+    if len(dims) > 1:
+        raise ValueError(f"{where} mixes 2D images and 3D volumes; use one kind per dataset")
+    spatial_dims = dims.pop()
+    pixels = [decoded[i][0] for i in keep]
+    shapes = {p.shape[:2] if spatial_dims == 2 else p.shape for p in pixels}
+    if len(shapes) > 1:
+        raise ValueError(f"images in {where} have different sizes {sorted(shapes)[:4]}; pass a size to resize them")
+    if channels is None:
+        channels = 3 if any(p.ndim == 3 and spatial_dims == 2 for p in pixels) else 1
+    return stack_channels(pixels, channels, spatial_dims)
+
+
 def stack_channels(pixels: list[np.ndarray], channels: int, spatial_dims: int) -> np.ndarray:
     """Stack decoded images into ``(N, C, ...)`` with the dataset's channel count."""
     first = pixels[0]
@@ -464,18 +489,8 @@ def load_folder(
     keep = [i for i, (_, err, _) in enumerate(decoded) if err is None]
     if not keep:
         raise ValueError(f"no readable images in {where}")
-    dims = {decoded[i][2] for i in keep}
-    if len(dims) > 1:
-        raise ValueError(f"{where} mixes 2D images and 3D volumes; use one kind per dataset")
-    spatial_dims = dims.pop()
-    pixels = [decoded[i][0] for i in keep]
-    shapes = {p.shape[:2] if spatial_dims == 2 else p.shape for p in pixels}
-    if len(shapes) > 1:
-        raise ValueError(f"images in {where} have different sizes {sorted(shapes)[:4]}; pass a size to resize them")
-    if channels is None:
-        channels = 3 if any(p.ndim == 3 and spatial_dims == 2 for p in pixels) else 1
-    images = stack_channels(pixels, channels, spatial_dims)
-    del pixels, decoded
+    images = stack_decoded(decoded, keep, channels, where)
+    del decoded
     tag_arr = np.asarray(tags)[keep]
     split_of = {s: np.flatnonzero(tag_arr == s) for s in SPLIT_FOLDERS if (tag_arr == s).any()}
     emptied = sorted({t for t in tags if t} - set(split_of))

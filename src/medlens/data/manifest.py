@@ -289,7 +289,7 @@ def load_manifest(
         ValueError: a named column that is not in the table, bad rows (all named, unless
             ``skip_bad``), fewer than two classes, mixed 2D and 3D files, a bad ``class_order``.
     """
-    from medlens.data.folder import SPLIT_ALIASES, decode_files, stack_channels
+    from medlens.data.folder import SPLIT_ALIASES, decode_files, stack_decoded
     from medlens.data.spec import check_source_options
     from medlens.data.splits import duplicate_groups
 
@@ -366,18 +366,8 @@ def load_manifest(
             raise ValueError(f"{where}: labels {unknown} are not in class_order {list(class_names)}")
     else:
         labels = np.array([class_names.index(e[2]) for e in entries], dtype=np.int64)
-    dims = {decoded[i][2] for i in keep}
-    if len(dims) > 1:
-        raise ValueError(f"{where} mixes 2D images and 3D volumes; use one kind per dataset")
-    spatial_dims = dims.pop()
-    pixels = [decoded[i][0] for i in keep]
-    shapes = {p.shape[:2] if spatial_dims == 2 else p.shape for p in pixels}
-    if len(shapes) > 1:
-        raise ValueError(f"images in {where} have different sizes {sorted(shapes)[:4]}; pass a size to resize them")
-    if channels is None:
-        channels = 3 if any(p.ndim == 3 and spatial_dims == 2 for p in pixels) else 1
-    images = stack_channels(pixels, channels, spatial_dims)
-    del pixels, decoded
+    images = stack_decoded(decoded, keep, channels, where)
+    del decoded
     ids = np.asarray([e[1] for e in entries])
     tags = np.asarray([e[3] or "" for e in entries])
     split_of = {s: np.flatnonzero(tags == s) for s in ("train", "val", "test") if (tags == s).any()}
