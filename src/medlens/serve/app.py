@@ -346,6 +346,10 @@ def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
         future.set_exception(exc)
 
 
+# Refusals answered before the whole body is read: 408 (it came too slowly), 413 (too large).
+_BODY_LEFT_UNREAD = frozenset({408, 413})
+
+
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -355,7 +359,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.message, {"WWW-Authenticate": "X-API-Key"} if exc.status == 401 else None)
+        headers = {"WWW-Authenticate": "X-API-Key"} if exc.status == 401 else {}
+        if exc.status in _BODY_LEFT_UNREAD:
+            # The rest of the body is still on its way (or never comes): the connection cannot carry
+            # another request, and without "close" uvicorn would keep waiting for that body.
+            headers["Connection"] = "close"
+        return _error(exc.status, exc.message, headers or None)
 
     @app.exception_handler(InputError)
     async def _input_error(request: Request, exc: InputError) -> JSONResponse:
