@@ -56,7 +56,6 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     return cache
 
 
-HAM10000_OPTIONS = {"image_pattern": "images/{image_id}.jpg", "label_col": "dx", "group_col": "lesion_id"}
 
 
 @pytest.fixture(scope="session")

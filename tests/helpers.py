@@ -47,3 +47,7 @@ def write_tiny_npz(path, *, sizes: tuple[int, int, int], edge: int):
         arrays[f"{split}_labels"] = (np.arange(n) % 2).reshape(n, 1)
     np.savez(path, **arrays)
     return path
+
+
+# The csv: options of HAM10000's metadata table (images by id, diagnosis, lesion groups).
+HAM10000_OPTIONS = {"image_pattern": "images/{image_id}.jpg", "label_col": "dx", "group_col": "lesion_id"}

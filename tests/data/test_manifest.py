@@ -16,8 +16,7 @@ from PIL import Image
 from medlens.data.manifest import load_manifest, read_table
 from medlens.data.source import resolve, with_fold
 from medlens.data.splits import grouped_partition, grouped_split, merge_groups
-from helpers import single_line
-from conftest import HAM10000_OPTIONS
+from helpers import HAM10000_OPTIONS, single_line
 
 
 def _noise(seed: int, size: int = 16) -> np.ndarray:

@@ -18,7 +18,7 @@ from medlens.cli import main
 from medlens.data.registry import Task
 from medlens.evaluate.audit import bin_labels, parse_bins, subgroup_values
 from medlens.metrics.subgroups import MIN_SUBGROUP_N, subgroup_metrics
-from conftest import HAM10000_OPTIONS
+from helpers import HAM10000_OPTIONS
 
 QUICK = ["--model", "cnn_small", "--epochs", "1", "--no-progress", "--tracking-uri", "none", "--no-report"]
 
