@@ -199,3 +199,25 @@ def test_ham10000_train_and_audit_recomputed_with_pandas(shared_data, ham10000_c
             recalls = [((frame["true"] == n) & (frame["predicted"] == n)).sum() / (frame["true"] == n).sum()
                        for n in classes if (frame["true"] == n).any()]
             assert row["sensitivity"] == pytest.approx(np.mean(recalls))
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_ham10000_cv_five_grouped_folds_keep_every_lesion_in_one_fold(shared_data, ham10000_cache, tmp_path,
+                                                                     monkeypatch):
+    """The acceptance line `medlens cv` on HAM10000, 5 folds, lesion-grouped: no lesion in two folds."""
+    monkeypatch.setenv("MEDLENS_CACHE", str(ham10000_cache))
+    table = shared_data / "ham10000" / "HAM10000_metadata.csv"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in HAM10000_OPTIONS.items()]
+    assert main(["cv", f"csv:{table}", *flags, "--size", "28", "--folds", "5", "--out", str(tmp_path / "cv"),
+                 *QUICK]) == 0
+    fold_of, test_lesions = {}, None
+    for fold in range(5):
+        record = json.loads(next((tmp_path / "cv").glob(f"fold{fold}*/splits.json")).read_text())
+        groups = {split: set(lesions) for split, lesions in record["groups"].items()}
+        assert not groups["train"] & groups["val"] and not groups["test"] & (groups["train"] | groups["val"])
+        test_lesions = groups["test"] if test_lesions is None else test_lesions
+        assert groups["test"] == test_lesions  # the test split is the same, untouched, in every fold
+        for lesion in groups["val"]:
+            assert fold_of.setdefault(lesion, fold) == fold, f"lesion {lesion} in folds {fold_of[lesion]} and {fold}"
+    assert len(fold_of) + len(test_lesions) == 7470  # every lesion is validated in one fold, or is test
